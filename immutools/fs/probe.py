@@ -1,0 +1,285 @@
+"""Identify what a partition holds, from magic bytes only (a few KiB of reads per partition).
+
+Order matters: formats that keep their magic at offset 0 are checked before ones that keep it
+further in, and a dm-verity superblock (``verity\\0\\0`` at 0) is reported as such even though a
+hash tree follows it.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid as uuid_mod
+from dataclasses import dataclass, field
+
+from immutools.image.source import ByteSource
+
+# ext2/3/4 feature bits (linux fs/ext4/ext4.h).
+EXT_COMPAT_HAS_JOURNAL = 0x0004
+EXT_INCOMPAT_64BIT = 0x0080
+# Flatcar/CoreOS "read-only" hack: the top ro_compat bit is set on the ext2 /usr image so any
+# kernel refuses to mount it read-write (flatcar.md §1.7/§2.1, build_library/disk_util Tune).
+EXT_RO_COMPAT_FLATCAR_RO = 0x80000000
+
+TALOS_META_MAGIC1 = 0x5A4B3C2D   # talos.md §4.5, internal/pkg/meta/internal/adv/talos/talos.go
+TALOS_META_MAGIC2 = 0xA5B4C3D2
+TALOS_ADV_BLOCK = 256 * 1024
+SYSLINUX_ADV_MAGIC1 = 0x5A2D2FA5
+
+EROFS_MAGIC = 0xE0F5E1E2         # kernel fs/erofs/erofs_fs.h EROFS_SUPER_MAGIC_V1
+
+
+@dataclass
+class FsIdentity:
+    fstype: str                      # ext2|ext3|ext4|xfs|btrfs|vfat|squashfs|erofs|dm-verity|
+                                     # talos-meta|luks|swap|iso9660|zero|unknown|unreadable
+    label: str | None = None
+    uuid: str | None = None
+    size: int | None = None          # filesystem size in bytes where the superblock says
+    details: dict = field(default_factory=dict)
+
+    @property
+    def mountable(self) -> bool:
+        return self.fstype in FILESYSTEM_TYPES
+
+
+FILESYSTEM_TYPES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "squashfs", "erofs"}
+
+
+def _cstr(b: bytes) -> str | None:
+    s = b.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
+    return s or None
+
+
+def _uuid(b: bytes) -> str | None:
+    if not any(b):
+        return None
+    return str(uuid_mod.UUID(bytes=bytes(b)))
+
+
+def probe_ext(sb: bytes) -> FsIdentity | None:
+    if len(sb) < 1024 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
+        return None
+    (inodes, blocks_lo, _r, _free_lo, _free_inodes, _first, log_bs) = struct.unpack_from("<7I", sb, 0)
+    compat, incompat, ro_compat = struct.unpack_from("<III", sb, 0x5C)
+    blocks_hi = struct.unpack_from("<I", sb, 0x150)[0] if incompat & EXT_INCOMPAT_64BIT else 0
+    block_size = 1024 << log_bs if log_bs < 8 else None
+    blocks = blocks_lo | (blocks_hi << 32)
+    # blkid's rule (libblkid ext.c): ext4 when it uses features ext3 lacks, ext3 with a journal.
+    # The Flatcar read-only hack bit is not a feature and must not turn ext2 into "ext4".
+    ext3_incompat = 0x0002 | 0x0004 | 0x0010      # FILETYPE | RECOVER | META_BG
+    ext3_ro_compat = 0x0001 | 0x0002 | 0x0004     # SPARSE_SUPER | LARGE_FILE | BTREE_DIR
+    if incompat & ~ext3_incompat or ro_compat & ~ext3_ro_compat & ~EXT_RO_COMPAT_FLATCAR_RO:
+        fstype = "ext4"
+    elif compat & EXT_COMPAT_HAS_JOURNAL:
+        fstype = "ext3"
+    else:
+        fstype = "ext2"
+    details = {
+        "block_size": block_size,
+        "blocks": blocks,
+        "inodes": inodes,
+        "feature_compat": compat,
+        "feature_incompat": incompat,
+        "feature_ro_compat": ro_compat,
+        "has_journal": bool(compat & EXT_COMPAT_HAS_JOURNAL),
+        "read_only_hack": bool(ro_compat & EXT_RO_COMPAT_FLATCAR_RO),
+    }
+    return FsIdentity(
+        fstype,
+        label=_cstr(sb[0x78:0x88]),
+        uuid=_uuid(sb[0x68:0x78]),
+        size=blocks * block_size if block_size else None,
+        details=details,
+    )
+
+
+def probe_xfs(b0: bytes) -> FsIdentity | None:
+    if b0[:4] != b"XFSB":
+        return None
+    blocksize, dblocks = struct.unpack_from(">IQ", b0, 4)
+    return FsIdentity(
+        "xfs",
+        label=_cstr(b0[108:120]),
+        uuid=_uuid(b0[32:48]),
+        size=blocksize * dblocks,
+        details={"block_size": blocksize, "blocks": dblocks, "version": struct.unpack_from(">H", b0, 100)[0] & 0xF},
+    )
+
+
+def probe_btrfs(sb: bytes) -> FsIdentity | None:
+    if sb[0x40:0x48] != b"_BHRfS_M":
+        return None
+    total_bytes = struct.unpack_from("<Q", sb, 0x70)[0]
+    sectorsize, nodesize = struct.unpack_from("<II", sb, 0x90)
+    incompat = struct.unpack_from("<Q", sb, 0xB0)[0]
+    return FsIdentity(
+        "btrfs",
+        label=_cstr(sb[0x12B:0x12B + 256]),
+        uuid=_uuid(sb[0x20:0x30]),
+        size=total_bytes,
+        details={"sector_size": sectorsize, "node_size": nodesize, "feature_incompat": incompat},
+    )
+
+
+def probe_squashfs(b0: bytes) -> FsIdentity | None:
+    if b0[:4] != b"hsqs":
+        return None
+    (inodes, mkfs_time, block_size, frags, compression, block_log, flags, no_ids, major, minor) = struct.unpack_from(
+        "<IIIIHHHHHH", b0, 4
+    )
+    bytes_used = struct.unpack_from("<Q", b0, 40)[0]
+    comp = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}.get(compression, f"unknown-{compression}")
+    return FsIdentity(
+        "squashfs",
+        size=bytes_used,
+        details={"version": f"{major}.{minor}", "compression": comp, "block_size": block_size, "inodes": inodes, "mkfs_time": mkfs_time},
+    )
+
+
+def probe_erofs(sb: bytes) -> FsIdentity | None:
+    if len(sb) < 128 or struct.unpack_from("<I", sb, 0)[0] != EROFS_MAGIC:
+        return None
+    blkszbits = sb[0x0C]
+    blocks = struct.unpack_from("<I", sb, 0x24)[0]
+    incompat = struct.unpack_from("<I", sb, 0x50)[0]
+    return FsIdentity(
+        "erofs",
+        label=_cstr(sb[0x40:0x50]),
+        uuid=_uuid(sb[0x30:0x40]),
+        size=blocks << blkszbits if blkszbits < 32 else None,
+        details={"block_size": 1 << blkszbits if blkszbits < 32 else None, "feature_incompat": incompat,
+                 "feature_compat": struct.unpack_from("<I", sb, 0x08)[0]},
+    )
+
+
+def probe_vfat(b0: bytes) -> FsIdentity | None:
+    if len(b0) < 512 or b0[510:512] != b"\x55\xaa":
+        return None
+    bps = struct.unpack_from("<H", b0, 11)[0]
+    spc = b0[13]
+    if bps not in (512, 1024, 2048, 4096) or spc == 0 or spc & (spc - 1):
+        return None
+    if b0[0] not in (0xEB, 0xE9):
+        return None
+    if b0[82:87] == b"FAT32":
+        label, serial, kind = b0[71:82], b0[67:71], "FAT32"
+    elif b0[54:59] in (b"FAT12", b"FAT16", b"FAT  "):
+        label, serial, kind = b0[43:54], b0[39:43], b0[54:59].decode().strip()
+    else:
+        return None
+    total = struct.unpack_from("<H", b0, 19)[0] or struct.unpack_from("<I", b0, 32)[0]
+    vol_id = struct.unpack_from("<I", serial)[0]
+    lab = label.decode("ascii", errors="replace").strip()
+    return FsIdentity(
+        "vfat",
+        label=None if lab in ("", "NO NAME") else lab,
+        uuid=f"{vol_id >> 16:04X}-{vol_id & 0xFFFF:04X}",
+        size=total * bps,
+        details={"fat": kind, "sector_size": bps, "cluster_size": bps * spc},
+    )
+
+
+def parse_verity_superblock(b: bytes) -> dict | None:
+    """dm-verity superblock as written by ``veritysetup format`` (cryptsetup lib/verity/verity.c)."""
+    if len(b) < 512 or b[:8] != b"verity\0\0":
+        return None
+    version, hash_type = struct.unpack_from("<II", b, 8)
+    algorithm = _cstr(b[32:64])
+    data_block_size, hash_block_size, data_blocks, salt_size = struct.unpack_from("<IIQH", b, 64)
+    if salt_size > 256:
+        return None
+    salt = b[88:88 + salt_size]
+    return {
+        "version": version,
+        "hash_type": hash_type,
+        "uuid": _uuid(b[16:32]),
+        "algorithm": algorithm,
+        "data_block_size": data_block_size,
+        "hash_block_size": hash_block_size,
+        "data_blocks": data_blocks,
+        "salt": salt.hex(),
+    }
+
+
+def probe_verity(b0: bytes) -> FsIdentity | None:
+    sb = parse_verity_superblock(b0)
+    if sb is None:
+        return None
+    return FsIdentity("dm-verity", uuid=sb["uuid"], details=sb)
+
+
+def probe_talos_meta(source: ByteSource) -> FsIdentity | None:
+    for off in (0, TALOS_ADV_BLOCK):
+        head = source.read_at(off, 4)
+        if len(head) == 4 and struct.unpack(">I", head)[0] == TALOS_META_MAGIC1:
+            tail = source.read_at(off + TALOS_ADV_BLOCK - 4, 4)
+            if len(tail) == 4 and struct.unpack(">I", tail)[0] == TALOS_META_MAGIC2:
+                return FsIdentity("talos-meta", details={"copy_offset": off})
+    return None
+
+
+def probe_luks(b0: bytes) -> FsIdentity | None:
+    if b0[:6] != b"LUKS\xba\xbe":
+        return None
+    version = struct.unpack_from(">H", b0, 6)[0]
+    if version == 1:
+        uid = _cstr(b0[168:208])
+        label = None
+    else:
+        label = _cstr(b0[24:72])
+        uid = _cstr(b0[168:208])
+    return FsIdentity("luks", label=label, uuid=uid, details={"version": version})
+
+
+def probe_swap(source: ByteSource) -> FsIdentity | None:
+    for page in (4096, 8192, 16384, 65536):
+        sig = source.read_at(page - 10, 10)
+        if sig in (b"SWAPSPACE2", b"SWAP-SPACE"):
+            hdr = source.read_at(1024, 1024)
+            return FsIdentity("swap", label=_cstr(hdr[28:44]), uuid=_uuid(hdr[12:28]), details={"page_size": page})
+    return None
+
+
+def identify(source: ByteSource) -> FsIdentity:
+    """Identify the content of ``source`` (a partition). Reads at most ~70 KiB."""
+    if source.size == 0:
+        return FsIdentity("zero", details={"empty": True})
+    b0 = source.read_at(0, 4096)
+    if not b0:
+        return FsIdentity("unreadable")
+    for probe in (probe_verity, probe_luks, probe_squashfs, probe_xfs):
+        ident = probe(b0)
+        if ident:
+            return ident
+    sb = source.read_at(1024, 1024)
+    for probe in (probe_erofs, probe_ext):
+        ident = probe(sb)
+        if ident:
+            return ident
+    btrfs_sb = source.read_at(0x10000, 4096)
+    ident = probe_btrfs(btrfs_sb)
+    if ident:
+        return ident
+    ident = probe_vfat(b0)
+    if ident:
+        return ident
+    for probe_src in (probe_talos_meta, probe_swap):
+        ident = probe_src(source)
+        if ident:
+            return ident
+    if source.read_at(0x8001, 5) == b"CD001":
+        return FsIdentity("iso9660")
+    if _looks_zero(source):
+        return FsIdentity("zero")
+    return FsIdentity("unknown")
+
+
+def _looks_zero(source: ByteSource) -> bool:
+    """All-zero at the places any superblock would be (start, 64 KiB, middle, end): metadata-cheap."""
+    probes = [(0, 65536 + 4096)]
+    if source.size > 1 << 20:
+        probes += [(source.size // 2, 4096), (max(0, source.size - 65536), 65536)]
+    for off, n in probes:
+        if any(source.read_at(off, n)):
+            return False
+    return True
