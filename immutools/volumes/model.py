@@ -21,6 +21,8 @@ class Partition:
     attributes: dict = field(default_factory=dict)  # decoded attribute bits, see attributes.py
     bootable: bool | None = None     # MBR active flag
     logical: bool = False            # MBR logical partition inside an extended one
+    role: str | None = None          # role hint of the type (data/partition_types.yaml), e.g. "usr"
+    label_role: str | None = None    # role hint of a well-known GPT name (e.g. Talos "META" -> meta)
 
 
 @dataclass
