@@ -1,0 +1,302 @@
+"""``OsTree``: the namespace a running system would see, composed from several filesystems.
+
+Flatcar's running system is ROOT (ext4) at ``/``, the USR-A btrfs at ``/usr``, OEM at ``/oem``,
+the ESP at ``/boot``; Bottlerocket's ``/`` is a *subdirectory* of its root filesystem. ``OsTree``
+stacks ``FileSystem``s at mount points (a later mount on the same target hides the earlier one,
+like a real mount stack) and is itself a read-only ``FileSystem``: the base class' path walking,
+symlink bounds and ``walk`` work unchanged, lookups cross mount points, and symlinks resolve in the
+composed namespace (an absolute ``/bin -> usr/bin`` on ROOT lands in the USR filesystem; ``..`` at
+a mount's root goes to the parent mount, never into the hidden part of a subdirectory mount).
+
+Mount targets are taken as canonical paths (the kernel canonicalises them at mount time); a target
+whose parent directories are missing in the filesystem below gets virtual directories so it stays
+reachable. ``which_mount``/``locate``/``evidence`` say which filesystem (and partition) a path
+comes from.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat as stat_mod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from immutools.errors import FileSystemError, IsADirectoryError_, LimitExceededError, NotADirectoryError_
+from immutools.fs.base import FileSystem, Stat
+from immutools.limits import Limits
+from immutools.report.model import evidence as make_evidence
+
+
+def normalize(path: str) -> str:
+    """An absolute, normalised path ('.' and '//' removed, '..' applied lexically)."""
+    path = posixpath.normpath("/" + path.lstrip("/"))
+    return "/" if path in ("/", "//") else path
+
+
+def is_within(path: str, base: str) -> bool:
+    """``path`` equals ``base`` or lies below it, by whole components (``/usrx`` is not in ``/usr``)."""
+    return base == "/" or path == base or path.startswith(base + "/")
+
+
+@dataclass(eq=False)
+class Mount:
+    target: str
+    fs: FileSystem
+    subdir: str = "/"
+    volume: Any = None                 # immutools.disk.Volume, for evidence
+    label: str | None = None           # how to name it when there is no volume
+    index: int = 0
+    root_ref: Any = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        if self.volume is not None and hasattr(self.volume, "describe"):
+            return self.volume.describe()
+        if self.label:
+            return self.label
+        return f"{self.fs.fstype} filesystem mounted at {self.target}"
+
+    def inner_path(self, path: str) -> str:
+        """The path inside this mount's filesystem for composed ``path`` (below the target)."""
+        rel = path[len(self.target):].lstrip("/") if self.target != "/" else path.lstrip("/")
+        return normalize(posixpath.join(self.subdir, rel)) if rel else self.subdir
+
+
+class _Ref:
+    """A node of the composed namespace: the mount it belongs to (None for a virtual directory),
+    the backend's ref, the composed path and the path inside that filesystem."""
+
+    __slots__ = ("mount", "inner", "path", "inner_path", "stat")
+
+    def __init__(self, mount: Mount | None, inner: Any, path: str, inner_path: str | None):
+        self.mount = mount
+        self.inner = inner
+        self.path = path
+        self.inner_path = inner_path
+        self.stat: Stat | None = None
+
+    def __repr__(self) -> str:
+        return f"<OsTree ref {self.path}>"
+
+
+_VIRTUAL_DIR = Stat(mode=stat_mod.S_IFDIR | 0o755, size=0, nlink=2)
+
+
+def _join(parent: str, name: str) -> str:
+    return "/" + name if parent == "/" else f"{parent}/{name}"
+
+
+class OsTree(FileSystem):
+    """A read-only composition of filesystems at mount points."""
+
+    fstype = "composed"
+
+    def __init__(self, limits: Limits | None = None):
+        super().__init__(limits or Limits())
+        self.mounts: list[Mount] = []
+        self._top: dict[str, Mount] = {}          # target -> visible mount
+        self._ancestors: set[str] = set()         # strict ancestors of mount targets
+        self._children: dict[str, set[str]] = {}  # path -> names of mount/virtual children
+
+    @classmethod
+    def single(cls, fs: FileSystem, volume: Any = None, label: str | None = None, subdir: str = "/") -> "OsTree":
+        tree = cls(fs.limits)
+        tree.mount("/", fs, subdir=subdir, volume=volume, label=label)
+        return tree
+
+    # ---- building -----------------------------------------------------------------------------
+    def mount(self, target: str, fs: FileSystem, subdir: str = "/", volume: Any = None, label: str | None = None) -> Mount:
+        """Mount ``fs`` (or its directory ``subdir``) at ``target``; later mounts on the same
+        target hide earlier ones."""
+        target = normalize(target)
+        subdir = normalize(subdir)
+        root_ref = fs._resolve(subdir, True)
+        if not fs._stat_node(root_ref).is_dir:
+            raise NotADirectoryError_(f"{subdir}: not a directory, cannot be mounted at {target}")
+        mount = Mount(target, fs, subdir, volume, label, len(self.mounts), root_ref)
+        self.mounts.append(mount)
+        self._top[target] = mount
+        self._rebuild_index()
+        return mount
+
+    def _rebuild_index(self) -> None:
+        self._ancestors = set()
+        self._children = {}
+        for target in self._top:
+            if target == "/":
+                continue
+            parts = target.strip("/").split("/")
+            parent = "/"
+            for part in parts:
+                self._children.setdefault(parent, set()).add(part)
+                child = _join(parent, part)
+                if child != target:
+                    self._ancestors.add(child)
+                parent = child
+            self._ancestors.add("/")
+
+    def visible_mounts(self) -> list[Mount]:
+        """Mounts not hidden by a later mount on the same target, in mount order."""
+        return [m for m in self.mounts if self._top.get(m.target) is m]
+
+    # ---- refs ---------------------------------------------------------------------------------
+    def _mount_root(self, mount: Mount) -> _Ref:
+        return _Ref(mount, mount.root_ref, mount.target, mount.subdir)
+
+    def _virtual(self, path: str) -> _Ref:
+        return _Ref(None, None, path, None)
+
+    def _root(self) -> _Ref:
+        mount = self._top.get("/")
+        return self._mount_root(mount) if mount is not None else self._virtual("/")
+
+    def _stat_node(self, ref: _Ref) -> Stat:
+        if ref.stat is None:
+            ref.stat = _VIRTUAL_DIR if ref.mount is None else ref.mount.fs._stat_node(ref.inner)
+        return ref.stat
+
+    def _wrap(self, parent: _Ref, name: str, inner: Any) -> _Ref:
+        path = _join(parent.path, name)
+        ref = _Ref(parent.mount, inner, path, _join(parent.inner_path, name))
+        if path in self._ancestors:
+            st = self._stat_node(ref)
+            if not st.is_dir and not st.is_symlink:
+                return self._virtual(path)     # a file where a mount needs a directory
+        return ref
+
+    def _list_node(self, ref: _Ref) -> Iterator[tuple[str, _Ref]]:
+        seen: set[str] = set()
+        if ref.mount is not None:
+            for name, inner in ref.mount.fs._list_node(ref.inner):
+                seen.add(name)
+                path = _join(ref.path, name)
+                mount = self._top.get(path)
+                yield name, (self._mount_root(mount) if mount is not None else self._wrap(ref, name, inner))
+        for name in sorted(self._children.get(ref.path, ())):
+            if name in seen:
+                continue
+            path = _join(ref.path, name)
+            mount = self._top.get(path)
+            yield name, (self._mount_root(mount) if mount is not None else self._virtual(path))
+
+    def _lookup_child(self, ref: _Ref, name: str) -> _Ref | None:
+        path = _join(ref.path, name)
+        mount = self._top.get(path)
+        if mount is not None:
+            return self._mount_root(mount)
+        if ref.mount is not None:
+            inner = ref.mount.fs._lookup_child(ref.inner, name)
+            if inner is not None:
+                return self._wrap(ref, name, inner)
+        if path in self._ancestors:
+            return self._virtual(path)
+        return None
+
+    def _read_node(self, ref: _Ref, offset: int, length: int) -> bytes:
+        if ref.mount is None:
+            raise IsADirectoryError_(f"{ref.path}: is a directory")
+        return ref.mount.fs._read_node(ref.inner, offset, length)
+
+    def _readlink_node(self, ref: _Ref) -> str:
+        if ref.mount is None:
+            raise FileSystemError(f"{ref.path}: not a symbolic link")
+        return ref.mount.fs._readlink_node(ref.inner)
+
+    def _xattrs_node(self, ref: _Ref) -> dict[str, bytes]:
+        return {} if ref.mount is None else ref.mount.fs._xattrs_node(ref.inner)
+
+    def _node_key(self, ref: _Ref) -> Any:
+        if ref.mount is None:
+            return ("virtual", ref.path)
+        key = ref.mount.fs._node_key(ref.inner)
+        return None if key is None else (id(ref.mount.fs), key)
+
+    # ---- queries ------------------------------------------------------------------------------
+    def realpath(self, path: str) -> str:
+        """The canonical composed path of ``path`` (all symlinks resolved); raises if missing."""
+        return self._resolve(path, True).path
+
+    def lrealpath(self, path: str) -> str:
+        """Like ``realpath`` but the last component is not followed."""
+        return self._resolve(path, False).path
+
+    def node_identity(self, path: str, follow: bool = True) -> Any:
+        """A key equal for two paths naming the same file (same filesystem and inode)."""
+        ref = self._resolve(path, follow)
+        key = self._node_key(ref)
+        return key if key is not None and key[1] is not None else ("path", ref.path)
+
+    def mount_of(self, path: str) -> Mount | None:
+        """The visible mount covering composed ``path`` by longest prefix (no symlink resolution)."""
+        path = normalize(path)
+        best = None
+        for target, mount in self._top.items():
+            if is_within(path, target) and (best is None or len(target) > len(best.target)):
+                best = mount
+        return best
+
+    def locate(self, path: str, follow: bool = True) -> tuple[Mount | None, str, str]:
+        """(mount, path inside its filesystem, canonical composed path). Missing paths fall back
+        to the longest-prefix mount of the path as written."""
+        try:
+            ref = self._resolve(path, follow)
+        except FileSystemError:
+            mount = self.mount_of(path)
+            norm = normalize(path)
+            return mount, (mount.inner_path(norm) if mount else norm), norm
+        if ref.mount is None:
+            mount = self.mount_of(ref.path)
+            return mount, (mount.inner_path(ref.path) if mount else ref.path), ref.path
+        return ref.mount, ref.inner_path, ref.path
+
+    def which_mount(self, path: str, follow: bool = True) -> Mount | None:
+        return self.locate(path, follow)[0]
+
+    def source_of(self, path: str, follow: bool = True) -> str:
+        """``partition 3 (USR-A): /lib/os-release`` for composed ``/usr/lib/os-release``."""
+        mount, inner, _ = self.locate(path, follow)
+        return f"{mount.describe()}: {inner}" if mount else normalize(path)
+
+    def evidence(self, path: str, detail: str | None = None, observed: bool = True, follow: bool = True) -> dict:
+        return make_evidence(self.source_of(path, follow), detail, observed)
+
+    def walk_metadata(
+        self, path: str = "/", prune: Callable[[str], bool] | None = None, max_depth: int | None = None,
+    ) -> Iterator[tuple[str, Stat]]:
+        """Every entry below ``path`` as (path, Stat), depth first, without reading file contents
+        or link targets. ``prune(dir_path)`` True skips a directory's contents. Bounded like
+        ``walk``: depth, entry count, loops (a directory seen twice is not descended again)."""
+        depth_cap = self.limits.max_walk_depth if max_depth is None else max_depth
+        start = self._resolve(path, True)
+        base = "" if start.path == "/" else start.path
+        seen: set = set()
+        count = 0
+        stack: list[tuple[str, _Ref, int]] = [(base, start, 0)]
+        while stack:
+            dpath, dref, depth = stack.pop()
+            key = self._node_key(dref)
+            if key is not None:
+                if key in seen:
+                    self.warnings.append(f"{dpath or '/'}: directory already visited (a loop or a bind mount), not descended")
+                    continue
+                seen.add(key)
+            subdirs = []
+            for name, child in self._list_node(dref):
+                if "/" in name or name in ("", ".", ".."):
+                    continue
+                cpath = f"{dpath}/{name}"
+                st = self._stat_node(child)
+                count += 1
+                if count > self.limits.max_walk_entries:
+                    raise LimitExceededError(f"walk of {path}: more than {self.limits.max_walk_entries} entries")
+                yield cpath, st
+                if st.is_dir and not (prune and prune(cpath)):
+                    if depth + 1 > depth_cap:
+                        self.warnings.append(f"{cpath}: deeper than {depth_cap} levels, not descended")
+                    else:
+                        subdirs.append((cpath, child, depth + 1))
+            stack.extend(reversed(subdirs))
+
+
+def as_tree(fs: FileSystem, volume: Any = None, label: str | None = None) -> OsTree:
+    """``fs`` itself when it is an ``OsTree``, else a tree with ``fs`` at ``/``."""
+    return fs if isinstance(fs, OsTree) else OsTree.single(fs, volume=volume, label=label)

@@ -1,0 +1,346 @@
+"""GRUB configuration reading, on configurations written here after the shapes the reference
+sheets describe (Flatcar §2.4, Bottlerocket §4.4, Talos §2.1), plus the language corners."""
+
+from __future__ import annotations
+
+import random
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from builders import cached, have, run
+from immutools.errors import CorruptDataError
+from immutools.fs import open_filesystem
+from immutools.image.source import FileSource
+from immutools.system.grubcfg import fs_file_test, fs_loader, grub_cfg_from_tar, parse_grub_cfg
+
+USR_A = "7130c94a-213a-4e5a-8e26-6cce9662f132"
+
+# Flatcar: a template with @@MOUNTUSR@@ already replaced, gptprio picking the slot, kernels on the ESP.
+FLATCAR = r"""
+# main configuration
+set prefix=($root)/flatcar/grub
+set default="flatcar"
+set fallback="0 0 0"
+set timeout=1
+set linux_root="root=LABEL=ROOT"
+set linux_console=""
+set first_boot=""
+set oem_id=""
+set linux_append=""
+
+search --no-floppy --set oem --part-label OEM --hint "$root"
+if [ -n "$oem" -a -f "($oem)/grub.cfg" ]; then
+    source "($oem)/grub.cfg"
+fi
+
+if [ -f "($root)/flatcar/first_boot" ]; then
+    set first_boot="flatcar.first_boot=detected"
+fi
+
+set oem=""
+if [ -n "$oem_id" ]; then
+    set oem="flatcar.oem.id=$oem_id"
+fi
+
+if [ -z "$linux_console" ]; then
+    if [ "$grub_platform" = pc ]; then
+        set linux_console="console=ttyS0,115200n8 console=tty0"
+    elif [ "$grub_platform" = efi ]; then
+        if [ "$grub_cpu" = arm64 ]; then
+            set linux_console="console=ttyAMA0,115200n8 console=tty0"
+        else
+            set linux_console="console=ttyS0,115200n8 console=tty0"
+        fi
+    elif [ "$grub_platform" = xen ]; then
+        set linux_console="console=hvc0"
+    fi
+fi
+
+set suf=""
+set linux_cmdline="rootflags=rw mount.usrflags=ro consoleblank=0 $linux_root $linux_console $first_boot $oem $linux_append"
+
+function pick_usr {
+    gptprio.next -d usr_device -u usr_uuid
+    if [ $? -ne 0 -o -z "$usr_uuid" ]; then
+        echo "cannot read the GPT"
+    fi
+    set usr_args="mount.usr=/dev/mapper/usr verity.usr=PARTUUID=$usr_uuid"
+    if [ "$usr_uuid" = "7130c94a-213a-4e5a-8e26-6cce9662f132" ]; then
+        set usr_kernel="/flatcar/vmlinuz-a"
+    else
+        set usr_kernel="/flatcar/vmlinuz-b"
+    fi
+}
+
+menuentry "Flatcar default" --id=flatcar --unrestricted {
+    pick_usr
+    linux$suf $usr_kernel $usr_args $linux_cmdline
+}
+
+menuentry "Flatcar USR-A" --id=flatcar-a {
+   linux$suf /flatcar/vmlinuz-a mount.usr=/dev/mapper/usr verity.usr=PARTLABEL=USR-A $linux_cmdline
+}
+
+menuentry "Flatcar USR-B" --id=flatcar-b {
+   linux$suf /flatcar/vmlinuz-b mount.usr=/dev/mapper/usr verity.usr=PARTLABEL=USR-B $linux_cmdline
+}
+"""
+
+OEM_CFG = 'set oem_id="qemu"\nset linux_append="flatcar.autologin"\n'
+
+
+def test_flatcar_unknown_slot_stays_visible():
+    cfg = parse_grub_cfg(FLATCAR)
+    assert cfg.default == "flatcar" and cfg.fallback == ["0", "0", "0"] and cfg.timeout == "1"
+    assert [e.id for e in cfg.entries] == ["flatcar", "flatcar-a", "flatcar-b"]
+    default = cfg.default_entry()
+    assert default.title == "Flatcar default" and default.unrestricted
+    # gptprio.next runs at boot: the slot and the GUID are not known offline, and say so
+    assert default.kernel == "$usr_kernel" and "usr_uuid" in default.unresolved
+    assert "verity.usr=PARTUUID=$usr_uuid" in default.cmdline_words
+    assert ("gptprio.next", ["-d", "usr_device", "-u", "usr_uuid"]) in default.commands
+    assert any("usr_uuid" in n for n in cfg.notes)
+    assert not default.kernel_cmdline().observed
+    a = cfg.find_entry("flatcar-a")
+    assert a.kernel_path == "/flatcar/vmlinuz-a" and a.linux_command == "linux" and not a.unresolved
+    line = a.kernel_cmdline()
+    assert line.get("verity.usr") == "PARTLABEL=USR-A" and line.get("root") == "LABEL=ROOT"
+    assert line.get("mount.usrflags") == "ro" and line.get("console") is None   # platform unknown
+    assert line.observed
+    assert "grub_platform" in cfg.unresolved
+
+
+def test_flatcar_with_boot_facts_seeded():
+    files = {"($root)/flatcar/first_boot": True}
+
+    def exists(op, path):
+        return files.get(path, False)
+
+    def loader(path):
+        return OEM_CFG if path == "(hd0,gpt6)/grub.cfg" else None
+
+    cfg = parse_grub_cfg(FLATCAR, env={"usr_uuid": USR_A, "grub_platform": "efi", "grub_cpu": "x86_64",
+                                       "oem": "hd0,gpt6"}, file_exists=lambda op, p: exists(op, p) or p == "(hd0,gpt6)/grub.cfg",
+                         loader=loader)
+    default = cfg.default_entry()
+    assert default.kernel == "/flatcar/vmlinuz-a" and default.unresolved == []
+    line = default.kernel_cmdline("partition 1 (EFI-SYSTEM): /flatcar/grub/grub.cfg.tar")
+    assert line.get("verity.usr") == f"PARTUUID={USR_A}"
+    assert line.all("console") == ["ttyS0,115200n8", "tty0"]
+    assert line.get("flatcar.first_boot") == "detected" and line.get("flatcar.oem.id") == "qemu"
+    assert line.has("flatcar.autologin")
+    assert cfg.sourced == ["(hd0,gpt6)/grub.cfg"]
+    assert cfg.variables["oem_id"] == "qemu"
+    assert ("linux_root", "root=LABEL=ROOT", 7) in cfg.assignments
+    # the other GUID picks the B kernel
+    other = parse_grub_cfg(FLATCAR, env={"usr_uuid": "e03dd35c-7c2d-4a47-b3fe-27f15780a57c"}).default_entry()
+    assert other.kernel == "/flatcar/vmlinuz-b"
+
+
+BOTTLEROCKET = """set default="0"
+set timeout="0"
+set dm_verity_root="root,,,ro,0 2097152 verity 1 PARTUUID=$boot_uuid/PARTNROFF=1 PARTUUID=$boot_uuid/PARTNROFF=2 \\
+ 4096 4096 262144 1 sha256 {hash} {salt} 2 restart_on_corruption ignore_zero_blocks"
+
+menuentry "Bottlerocket OS 1.26.1" --unrestricted {{
+   linux ($root)/vmlinuz console=tty0 console=ttyS0,115200n8 net.ifnames=0 quiet bootconfig \\
+       root=/dev/dm-0 rootwait ro raid=noautodetect random.trust_cpu=on selinux=1 enforcing=1 \\
+       dm-mod.create="$dm_verity_root" -- systemd.log_target=journal-or-kmsg systemd.log_color=0 systemd.show_status=true
+   initrd ($private)/bootconfig.data
+   boot
+}}
+""".format(hash="ab" * 32, salt="cd" * 32)
+
+
+def test_bottlerocket_dm_verity_variable():
+    cfg = parse_grub_cfg(BOTTLEROCKET, env={"boot_uuid": "6b636168-7420-6568-2070-6c616e657421"})
+    (entry,) = cfg.entries
+    assert entry.title == "Bottlerocket OS 1.26.1" and entry.index == "0"
+    assert entry.kernel_device == "$root" and entry.kernel_path == "/vmlinuz"
+    assert entry.initrds == ["($private)/bootconfig.data"]
+    # the quoted variable stays one word, and is quoted again on the kernel command line
+    dm_word = next(w for w in entry.cmdline_words if w.startswith("dm-mod.create="))
+    assert " verity 1 PARTUUID=6b636168-7420-6568-2070-6c616e657421/PARTNROFF=1 " in dm_word
+    assert '"dm-mod.create=root,,,ro,0 2097152 verity' in entry.cmdline
+    line = entry.kernel_cmdline()
+    assert line.get("root") == "/dev/dm-0" and line.flag("ro") and line.get("enforcing") == "1"
+    (dev,) = line.dm_devices()
+    assert dev.tables[0].data_device == "PARTUUID=6b636168-7420-6568-2070-6c616e657421/PARTNROFF=1"
+    assert dev.tables[0].arg_list[8] == "ab" * 32 and dev.tables[0].arg_list[-1] == "ignore_zero_blocks"
+    assert [a.key for a in line.init_args] == ["systemd.log_target", "systemd.log_color", "systemd.show_status"]
+    assert cfg.default_entry() is entry
+    # without the boot partition's GUID the table keeps $boot_uuid and the line is not "observed"
+    unseeded = parse_grub_cfg(BOTTLEROCKET).entries[0]
+    assert "PARTUUID=$boot_uuid/PARTNROFF=1" in unseeded.cmdline and not unseeded.kernel_cmdline().observed
+
+
+TALOS = r"""set default="A - Talos v1.9.0"
+set fallback="B - Talos v1.8.3"
+set timeout=3
+
+insmod all_video
+
+terminal_input console
+terminal_output console
+
+menuentry "A - Talos v1.9.0" {
+  set gfxmode=auto
+  set gfxpayload=text
+  linux /A/vmlinuz talos.platform=metal console=tty0 init_on_alloc=1 slab_nomerge= pti=on consoleblank=0 printk.devkmsg=on selinux=1 talos.config=https://cfg.example/x?a=1\&b=2
+  initrd /A/initramfs.xz
+}
+menuentry "B - Talos v1.8.3" {
+  set gfxmode=auto
+  set gfxpayload=text
+  linux /B/vmlinuz talos.platform=metal console=tty0
+  initrd /B/initramfs.xz
+}
+menuentry "Reset Talos installation and return to maintenance mode" {
+  set gfxmode=auto
+  set gfxpayload=text
+  linux /A/vmlinuz talos.platform=metal console=tty0 talos.experimental.wipe=system:EPHEMERAL,STATE
+  initrd /A/initramfs.xz
+}
+"""
+
+
+def test_talos_default_by_title_and_escapes():
+    cfg = parse_grub_cfg(TALOS)
+    assert [e.title.split(" ")[0] for e in cfg.entries] == ["A", "B", "Reset"]
+    default = cfg.default_entry()
+    assert default.title == "A - Talos v1.9.0" and default.initrds == ["/A/initramfs.xz"]
+    assert default.variables == {"gfxmode": "auto", "gfxpayload": "text"}
+    line = default.kernel_cmdline()
+    assert line.get("talos.config") == "https://cfg.example/x?a=1&b=2"       # \& unescaped by GRUB
+    assert line.get("slab_nomerge") == "" and line.get("selinux") == "1"
+    assert default.proc_cmdline.startswith("BOOT_IMAGE=/A/vmlinuz talos.platform=metal ")
+    assert [e.title for e in cfg.fallback_entries()] == ["B - Talos v1.8.3"]
+    assert cfg.find_entry("2").title.startswith("Reset")
+    assert cfg.find_entry("no such entry") is None
+    assert cfg.notes == [] and cfg.unresolved == []
+
+
+def test_language_corners():
+    text = r"""
+set a="x  y"
+set empty=""
+b=plain
+set single='$a kept'
+menuentry 'One' --class os --id one {
+  linux /k $a "$a" $empty "$empty" ${b}tail '$a' pre\ fix $single
+}
+submenu "More" --id more {
+  menuentry "Inner" --id inner { linux /inner x=1 }
+  menuentry "Inner2" { linux /inner2 }
+}
+menuentry "After" { linux /after }
+if true; then set t=1; else set t=2; fi
+if false; then set f=1; elif [ "$a" != "x  y" ]; then set f=2; else set f=3; fi
+if [ ( 1 -lt 2 ) -a ! -z "$a" ]; then set g=ok; fi
+for i in 1 2 3; do set loop=$i; done
+set default="more>inner"
+"""
+    cfg = parse_grub_cfg(text)
+    one = cfg.entries[0]
+    assert one.id == "one" and one.classes == ["os"]
+    assert one.cmdline_words == ["x", "y", "x  y", "", "plaintail", "$a", "pre fix", "$a", "kept"]
+    assert [e.index for e in cfg.entries] == ["0", "1>0", "1>1", "2"]
+    assert cfg.entries[1].submenu == "More"
+    assert cfg.variables["t"] == "1" and cfg.variables["f"] == "3" and cfg.variables["g"] == "ok"
+    assert "loop" not in cfg.variables and any("loop body" in n for n in cfg.notes)
+    assert cfg.default_entry().title == "Inner"
+    assert cfg.find_entry("1>1").title == "Inner2"
+    assert cfg.find_entry("2").title == "After"
+    assert [s.title for s in cfg.submenus] == ["More"]
+
+
+def test_undecidable_branches_keep_entries_but_not_variables():
+    text = """set x=before
+if [ -f /flag ]; then
+  set x=inside
+  menuentry "Maybe" { linux /maybe }
+fi
+menuentry "Always" { linux /always }
+"""
+    cfg = parse_grub_cfg(text)
+    assert cfg.variables["x"] == "before"
+    assert [(e.title, e.conditional) for e in cfg.entries] == [("Maybe", True), ("Always", False)]
+    assert not cfg.entries[0].kernel_cmdline().observed
+    decided = parse_grub_cfg(text, file_exists=lambda op, p: op == "-f" and p == "/flag")
+    assert decided.variables["x"] == "inside" and not decided.entries[0].conditional
+
+
+def test_hostile_input_is_bounded():
+    recursive = "function f { f }\nmenuentry x { f\n linux /k }\n"
+    cfg = parse_grub_cfg(recursive)
+    assert cfg.entries[0].kernel == "/k" and any("nested too deeply" in n for n in cfg.notes)
+    self_source = parse_grub_cfg("source /again\n", loader=lambda p: "source /again\n")
+    assert any("nested too deeply" in n for n in self_source.notes)
+    rng = random.Random(1234)
+    alphabet = list("abc${}\"'\\;\n #=[]-()") + ["menuentry ", "if ", "then ", "fi ", "function ", "set ", "linux "]
+    for _ in range(300):
+        junk = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 120)))
+        parse_grub_cfg(junk)          # never raises
+    unbalanced = parse_grub_cfg('menuentry "open" {\n linux /k a\n')
+    assert unbalanced.entries[0].kernel == "/k"
+
+
+def test_nesting_is_bounded():
+    deep = "if true; then\n" * 40 + "set x=1\n" + "fi\n" * 40
+    with pytest.raises(CorruptDataError):
+        parse_grub_cfg(deep)
+    ok = "if true; then\n" * 10 + "set x=1\n" + "fi\n" * 10
+    assert parse_grub_cfg(ok).variables["x"] == "1"
+
+
+def _flatcar_esp() -> Path:
+    """A FAT ESP laid out like Flatcar's: grub.cfg inside a tar, the first-boot flag file."""
+    def build(out: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            grub = root / "flatcar" / "grub"
+            grub.mkdir(parents=True)
+            (root / "cfg").mkdir()
+            (root / "cfg" / "grub.cfg").write_text(FLATCAR)
+            run(["tar", "-C", str(root / "cfg"), "-cf", str(grub / "grub.cfg.tar"), "grub.cfg"])
+            (root / "flatcar" / "first_boot").write_text("first boot flag\n")
+            (root / "oem").mkdir()
+            (root / "oem" / "grub.cfg").write_text(OEM_CFG)
+            run(["mkfs.vfat", "-C", "-n", "EFI-SYSTEM", str(out), "4096"])
+            run(["mcopy", "-s", "-i", str(out), str(root / "flatcar"), str(root / "oem"), "::/"])
+
+    return cached("grub-flatcar-esp", {"v": 1, "cfg": FLATCAR, "oem": OEM_CFG}, build)
+
+
+@pytest.mark.skipif(not (have("mkfs.vfat") and have("mcopy") and have("tar")), reason="mkfs.vfat, mcopy or tar missing")
+def test_reading_from_a_real_esp():
+    esp = open_filesystem(FileSource(str(_flatcar_esp())), "vfat")
+    text = grub_cfg_from_tar(esp.read("/flatcar/grub/grub.cfg.tar"))
+    assert text == FLATCAR
+    assert grub_cfg_from_tar(esp.read("/flatcar/grub/grub.cfg.tar"), member="other.cfg") is None
+    with pytest.raises(CorruptDataError):
+        grub_cfg_from_tar(b"not a tar archive" * 40)
+    exists = fs_file_test(esp)
+    assert exists("-f", "($root)/flatcar/first_boot") is True and exists("-f", "($root)/coreos/first_boot") is False
+    assert exists("-d", "(hd0,gpt1)/flatcar") is True and exists("-f", "($x)/$y") is None
+    # the OEM partition is stood in for by the ESP's /oem directory
+    cfg = parse_grub_cfg(text, env={"oem": "hd0,gpt6", "usr_uuid": USR_A},
+                         file_exists=lambda op, p: exists(op, p.replace("(hd0,gpt6)/", "/oem/")),
+                         loader=lambda p: fs_loader(esp)(p.replace("(hd0,gpt6)/", "/oem/")))
+    line = cfg.default_entry().kernel_cmdline("partition 1 (EFI-SYSTEM): /flatcar/grub/grub.cfg.tar")
+    assert line.get("flatcar.first_boot") == "detected" and line.get("flatcar.oem.id") == "qemu"
+    assert fs_loader(esp)("($root)/missing.cfg") is None
+
+
+def test_tar_member_size_is_bounded(tmp_path):
+    big = tmp_path / "grub.cfg"
+    big.write_text("set x=1\n" * 1000)
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(big, arcname="grub.cfg")
+    assert grub_cfg_from_tar(archive.read_bytes()).startswith("set x=1")
+    with pytest.raises(Exception, match="more than"):
+        grub_cfg_from_tar(archive.read_bytes(), max_bytes=100)
