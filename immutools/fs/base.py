@@ -236,6 +236,25 @@ class FileSystem:
             raise LimitExceededError(f"{path}: {length} bytes is more than the {cap}-byte read limit")
         return self._read_node(ref, offset, length)
 
+    def open_source(self, path: str):
+        """A lazy ``ByteSource`` over a regular file (a kernel, a nested image): reads go through
+        ``read`` in the ranges asked for, so a large file is never loaded whole."""
+        from immutools.image.source import ByteSource
+
+        ref = self._resolve(path, True)
+        st = self._stat_node(ref)
+        if not st.is_file:
+            raise FileSystemError(f"{path}: not a regular file")
+        fs = self
+
+        class _FileInFs(ByteSource):
+            def _read_at(self, offset: int, length: int) -> bytes:
+                return fs._read_node(ref, offset, length)
+
+        src = _FileInFs(st.size)
+        src.name = path
+        return src
+
     def read_text(self, path: str, max_bytes: int | None = None) -> str:
         return self.read(path, max_bytes=max_bytes).decode("utf-8", errors="replace")
 

@@ -56,6 +56,9 @@ KERNEL_CONFIG_FILES = ("/usr/boot/config", "/boot/config", "/proc/config", "/usr
 KERNEL_CONFIG_GLOBS = (("/boot", "config-"), ("/usr/lib/modules", "*/config"), ("/lib/modules", "*/config"))
 ETC_DEFAULTS = ("/usr/etc", "/usr/share/factory/etc", "/usr/share/flatcar/etc")
 INIT_CANDIDATES = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")   # the kernel's order (init/main.c)
+# Merged-/usr systems (Flatcar, Fedora, ...) create the top-level /sbin, /bin links at first boot
+# (tmpfiles); in a pristine image only the /usr side exists, so look there after the kernel's list.
+USR_MERGED_INIT = ("/usr/sbin/init", "/usr/lib/systemd/systemd")
 LOCKDOWN_MODES = ("none", "integrity", "confidentiality")
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _X_BITS = 0o111
@@ -442,7 +445,8 @@ class _Inventory:
                 ev.append(self.ev(real, f"init= names {path}"))
             return {"name": _init_name(name), "path": path, "target": real, "decided_by": "kernel command line init=",
                     "evidence": ev}
-        for candidate in INIT_CANDIDATES:
+        kernel_order = [c for c in INIT_CANDIDATES if c != "/bin/sh"]
+        for candidate in kernel_order + list(USR_MERGED_INIT) + ["/bin/sh"]:
             if self.lstat(candidate) is None:
                 continue
             st = self.stat(candidate)
@@ -453,7 +457,9 @@ class _Inventory:
             ev = [self.ev(candidate, f"-> {real}" if real != candidate else "init binary", follow=False)]
             if real != candidate:
                 ev.append(self.ev(real, "init binary"))
-            return {"name": name, "path": candidate, "target": real, "decided_by": f"first of {', '.join(INIT_CANDIDATES)}",
+            decided = (f"first of {', '.join(kernel_order)} (the kernel's order), then the merged-/usr "
+                       f"{', '.join(USR_MERGED_INIT)}, then /bin/sh")
+            return {"name": name, "path": candidate, "target": real, "decided_by": decided,
                     "evidence": ev}
         return {"name": None, "path": None, "target": None, "decided_by": "no init found", "evidence": []}
 

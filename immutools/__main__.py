@@ -1,0 +1,5 @@
+import sys
+
+from immutools.cli import main
+
+sys.exit(main())

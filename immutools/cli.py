@@ -1,0 +1,207 @@
+"""Command-line interface: a thin layer over the library.
+
+Kept import-light: ``scan`` never imports pandas or matplotlib, and heavy readers load lazily.
+Exit codes are documented in ``immutools.errors`` and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from immutools import __version__
+from immutools.errors import EXIT_LIMIT, EXIT_OK, EXIT_USAGE, ImmutoolsError
+
+EXIT_INTERNAL = 10
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="never show a decompression progress bar")
+    p.add_argument("--progress", dest="progress", action="store_const", const=True,
+                   help="always show a decompression progress bar on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="immutools",
+        description="Measure how immutable an operating system is, offline, from its disk image.",
+    )
+    parser.add_argument("--version", action="version", version=f"immutools {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    scan = sub.add_parser("scan", help="scan a disk image and report what is on it")
+    scan.add_argument("image", help="disk image: raw, compressed (gz/bz2/xz/zst/lz4), qcow2, vmdk, vhd, vhdx")
+    scan.add_argument("--format", "-f", choices=("json", "yaml", "table"), default=None,
+                      help="output format (default: table on a terminal, json otherwise)")
+    scan.add_argument("--output", "-o", help="write the report to this file instead of stdout")
+    scan.add_argument("--stats", action="store_true",
+                      help="print time per phase, bytes read and peak memory on stderr (and add them to the report)")
+    _add_common(scan)
+
+    ls = sub.add_parser("ls", help="list a directory inside an image's filesystem")
+    ls.add_argument("image")
+    ls.add_argument("location", nargs="?", default="",
+                    help="PARTITION:PATH, e.g. 3:/etc or USR-A:/lib (partition number or label; 0 = whole disk)")
+    ls.add_argument("-R", "--recursive", action="store_true", help="walk recursively")
+    _add_common(ls)
+
+    cat = sub.add_parser("cat", help="write a file from inside an image to stdout")
+    cat.add_argument("image")
+    cat.add_argument("location", help="PARTITION:PATH, e.g. 3:/lib/os-release")
+    _add_common(cat)
+    return parser
+
+
+def _select_volume(image, spec: str):
+    from immutools.errors import UnsupportedImageError
+
+    if spec.isdigit():
+        vol = image.volume(number=int(spec))
+    else:
+        vol = image.volume(label=spec)
+    if vol is None:
+        raise UnsupportedImageError(f"{image.opened.path}: no partition {spec!r}")
+    fs = image.filesystem(vol)
+    if fs is None:
+        raise UnsupportedImageError(f"{image.opened.path}: {vol.describe()} holds {vol.fstype}, not a readable filesystem")
+    return vol, fs
+
+
+def _split_location(image, location: str) -> tuple[str, str]:
+    if ":" in location:
+        spec, path = location.split(":", 1)
+    else:
+        spec, path = location, "/"
+    if not spec:
+        # Default: the only readable filesystem, or the whole disk.
+        readable = [v for v in image.volumes if v.identity.mountable]
+        if len(readable) != 1:
+            from immutools.errors import UnsupportedImageError
+
+            names = ", ".join(f"{v.number}" + (f"={v.label}" if v.label else "") for v in readable) or "none"
+            raise UnsupportedImageError(f"{image.opened.path}: say which partition (readable ones: {names})")
+        spec = str(readable[0].number)
+    return spec, path or "/"
+
+
+def cmd_scan(args) -> int:
+    from immutools.report.render import render
+    from immutools.scan import scan
+
+    report = scan(args.image, progress=args.progress, with_stats=args.stats)
+    fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "json")
+    text = render(report, fmt)
+    if args.stats:
+        st = report["stats"]
+        size = st["image_size"] or 1
+        sys.stderr.write(
+            f"stats: wall {st['wall_s']:.3f}s cpu {st['cpu_s']:.3f}s; read {st['bytes_read']} bytes "
+            f"({100.0 * st['bytes_read'] / size:.3f}% of {size}) in {st['read_calls']} calls; "
+            f"decompressed {st['bytes_decompressed']} bytes; peak RSS {st['peak_rss_bytes'] // (1024 * 1024)} MiB\n"
+        )
+        for name, ph in st["phases"].items():
+            sys.stderr.write(f"stats:   {name:<24} wall {ph['wall_s']:.4f}s cpu {ph['cpu_s']:.4f}s\n")
+    _write_output(text, args.output)
+    return EXIT_OK
+
+
+def _write_output(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise ImmutoolsError(f"{output}: cannot write report: {exc.strerror}") from None
+
+
+def cmd_ls(args) -> int:
+    from immutools.disk import DiskImage, require_image
+
+    require_image(args.image)
+    with DiskImage.open(args.image, progress=args.progress) as image:
+        spec, path = _split_location(image, args.location)
+        _vol, fs = _select_volume(image, spec)
+        if args.recursive:
+            for entry in fs.walk(path):
+                _print_entry(entry.path, entry.stat, entry.link_target)
+        else:
+            for name, st in fs.scandir(path):
+                full = path.rstrip("/") + "/" + name
+                target = fs.readlink(full) if st.is_symlink else None
+                _print_entry(name, st, target)
+        for w in image.warnings + fs.warnings:
+            sys.stderr.write(f"immutools: warning: {w}\n")
+    return EXIT_OK
+
+
+def _print_entry(name: str, st, link_target: str | None) -> None:
+    import stat as stat_mod
+
+    line = f"{stat_mod.filemode(st.mode)} {st.uid:>5} {st.gid:>5} {st.size:>10} {name}"
+    if link_target is not None:
+        line += f" -> {link_target}"
+    sys.stdout.write(line + "\n")
+
+
+def cmd_cat(args) -> int:
+    from immutools.disk import DiskImage, require_image
+
+    require_image(args.image)
+    with DiskImage.open(args.image, progress=args.progress) as image:
+        spec, path = _split_location(image, args.location)
+        _vol, fs = _select_volume(image, spec)
+        st = fs.stat(path)
+        out = sys.stdout.buffer
+        chunk = 1 << 20
+        for off in range(0, st.size, chunk):
+            out.write(fs.read(path, off, min(chunk, st.size - off)))
+        out.flush()
+    return EXIT_OK
+
+
+COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except ImmutoolsError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"immutools: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("immutools: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head`: not an error worth a message.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except MemoryError:
+        sys.stderr.write(f"immutools: error: {getattr(args, 'image', '?')}: out of memory\n")
+        return EXIT_LIMIT
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"immutools: internal error while reading {getattr(args, 'image', '?')}: "
+            f"{type(exc).__name__}: {exc} (rerun with --debug for a traceback)\n"
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Where the project's data and caches live, for a source checkout and an installed wheel alike."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def data_dir() -> Path:
+    """``data/`` at the top of a checkout, or the copy packaged as ``immutools/_data``."""
+    override = os.environ.get("IMMUTOOLS_DATA")
+    if override:
+        return Path(override)
+    packaged = _PKG / "_data"
+    if packaged.is_dir():
+        return packaged
+    return _PKG.parent / "data"
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("IMMUTOOLS_CACHE")
+    if override:
+        return Path(override)
+    checkout = _PKG.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "immutools"

@@ -1,0 +1,1 @@
+"""The report model (``model``), its JSON schema and its renderings (``render``)."""
