@@ -124,7 +124,7 @@ FORMS = {
     "qcow2-compressed": _qemu("qcow2", "-c"),
     "vmdk-stream": _qemu("vmdk", "-o", "subformat=streamOptimized"),
     "vhdx": _qemu("vhdx"),
-    "vhd": _qemu("vpc", "-o", "subformat=fixed"),
+    "vhd": _qemu("vpc", "-o", "subformat=fixed,force_size=on"),
 }
 
 
@@ -132,4 +132,4 @@ def multi_disk_form(form: str) -> Path:
     raw = multi_disk()
     if form == "raw":
         return raw
-    return cached(f"multidisk-{form}", {**RECIPE, "form": form, "raw": raw.name}, lambda out: FORMS[form](raw, out), suffix=".bin")
+    return cached(f"multidisk-{form}", {**RECIPE, "form": form, "raw": raw.name, "v": 3}, lambda out: FORMS[form](raw, out), suffix=".bin")
