@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("-R", "--recursive", action="store_true", help="walk recursively")
     _add_common(ls)
 
+    ver = sub.add_parser("verify", help="recompute the dm-verity hash trees and compare with the boot chain's root hashes")
+    ver.add_argument("image")
+    ver.add_argument("--format", "-f", choices=("json", "table"), default=None)
+    _add_common(ver)
+
     cat = sub.add_parser("cat", help="write a file from inside an image to stdout")
     cat.add_argument("image")
     cat.add_argument("location", help="PARTITION:PATH, e.g. 3:/lib/os-release")
@@ -164,7 +169,39 @@ def cmd_cat(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat}
+def cmd_verify(args) -> int:
+    import json
+
+    from immutools.errors import EXIT_VERIFY_FAILED
+    from immutools.verify import verify_image
+
+    result = verify_image(args.image, progress=args.progress)
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        if not result["targets"]:
+            sys.stdout.write(f"{args.image}: no verity-protected filesystem found\n")
+        for row in result["targets"]:
+            line = f"slot {row['slot']} (partition {row['partition']}): {row['status']}"
+            if row["status"] == "mismatch":
+                if row.get("bad_data_blocks"):
+                    line += f"; first bad data blocks {row['bad_data_blocks']} ({row['bad_data_count']} in all)"
+                if row.get("bad_hash_blocks"):
+                    line += f"; bad hash blocks {row['bad_hash_blocks']}"
+                if not row.get("bad_data_blocks") and not row.get("bad_hash_blocks"):
+                    line += f"; computed root {row['computed_root']} != {row['expected_root']}"
+            elif row.get("detail"):
+                line += f": {row['detail']}"
+            sys.stdout.write(line + "\n")
+        for w in result["warnings"]:
+            sys.stderr.write(f"immutools: warning: {w}\n")
+    if any(r["status"] in ("mismatch", "error") for r in result["targets"]):
+        return EXIT_VERIFY_FAILED
+    return EXIT_OK
+
+
+COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat, "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ from immutools.image.source import ByteSource
 # ext2/3/4 feature bits (linux fs/ext4/ext4.h).
 EXT_COMPAT_HAS_JOURNAL = 0x0004
 EXT_INCOMPAT_64BIT = 0x0080
-# Flatcar/CoreOS "read-only" hack: the top ro_compat bit is set on the ext2 /usr image so any
-# kernel refuses to mount it read-write (flatcar.md §1.7/§2.1, build_library/disk_util Tune).
-EXT_RO_COMPAT_FLATCAR_RO = 0x80000000
+# Flatcar/CoreOS "read-only" hack: the top byte of s_feature_ro_compat is set to 0xFF on the ext2
+# /usr image so any kernel refuses to mount it read-write (flatcar.md §1.7, disk_util Tune).
+EXT_RO_COMPAT_FLATCAR_RO = 0xFF000000
 
 TALOS_META_MAGIC1 = 0x5A4B3C2D   # talos.md §4.5, internal/pkg/meta/internal/adv/talos/talos.go
 TALOS_META_MAGIC2 = 0xA5B4C3D2
@@ -82,7 +82,7 @@ def probe_ext(sb: bytes) -> FsIdentity | None:
         "feature_incompat": incompat,
         "feature_ro_compat": ro_compat,
         "has_journal": bool(compat & EXT_COMPAT_HAS_JOURNAL),
-        "read_only_hack": bool(ro_compat & EXT_RO_COMPAT_FLATCAR_RO),
+        "read_only_hack": (ro_compat & EXT_RO_COMPAT_FLATCAR_RO) == EXT_RO_COMPAT_FLATCAR_RO,
     }
     return FsIdentity(
         fstype,
