@@ -106,3 +106,19 @@ def test_kernel_command_line(scanned):
     assert "mount.usr=/dev/mapper/usr" in line and "root=LABEL=ROOT" in line
     assert f"verity.usrhash={manifest['expect']['integrity']['root_hash']}" in line
     assert ("flatcar.first_boot=detected" in line) == manifest["expect"]["flatcar"]["first_boot_flag"]
+
+
+@pytest.mark.parametrize("name,form,container,compression", [
+    ("flatcar-lts-4081-amd64-pristine", "bz2", "raw", "bzip2"),          # flatcar_production_image.bin.bz2
+    ("flatcar-stable-4593-amd64-updated", "qcow2", "qcow2", None),       # flatcar_production_qemu_uefi_image.img
+])
+def test_shipped_forms_report_the_same(name, form, container, compression):
+    """The shipped forms (.bin.bz2, qcow2 -c compat=0.10; flatcar.md §1.5) give the raw image's report."""
+    raw = scan(str(build_replica(name)), progress=False)
+    shipped_path = build_replica(name, form)
+    before = sha256_file(shipped_path)
+    shipped = scan(str(shipped_path), progress=False)
+    assert sha256_file(shipped_path) == before
+    assert shipped["image"]["container"] == container and shipped["image"]["compression"] == compression
+    for key in ("os", "partitions", "mounts", "paths", "update", "integrity", "surface", "distribution"):
+        assert shipped[key] == raw[key], key
