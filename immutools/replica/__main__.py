@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p_build.add_argument("--out", type=Path, required=True, help="output directory")
     p_build.add_argument("--forms", help="comma-separated: raw,bz2,xz,zst,lz4,gz,qcow2 (default: the spec's forms)")
     p_build.add_argument("--no-sha256", action="store_true", help="skip hashing the raw image (faster)")
+    p_bundle = sub.add_parser("bundle", help="build the bundled default images listed in data/replicas/bundle.yaml")
+    p_bundle.add_argument("--out", type=Path, help="output directory (default: data/replicas)")
     args = parser.parse_args(argv)
 
     from immutools.replica.builder import BuildError, build
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{s.name:38} {s.get('distribution', ''):8} {base_context(s)['release']:20} "
                           f"{s.size / 2**20:6.0f} MiB")
             return 0
+        if args.command == "bundle":
+            return bundle(args.out)
         names = args.specs
         if names == ["all"]:
             names = [str(s.path) for s in list_specs()]
@@ -56,6 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, BuildError) as exc:
         print(f"immutools.replica: {exc}", file=sys.stderr)
         return 2
+
+
+def bundle(out: Path | None = None) -> int:
+    """Build each bundled image in its shipped form and keep only that file and its manifest."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from immutools.paths import data_dir
+    from immutools.replica.builder import build
+
+    out = out or data_dir() / "replicas"
+    listing = yaml.safe_load((data_dir() / "replicas" / "bundle.yaml").read_text())
+    for item in listing["images"]:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            manifest = build(item["spec"], Path(tmp), ["raw", item["form"]], compute_sha256=True)
+            shipped = Path(tmp) / manifest["forms"][item["form"]]
+            target = out / shipped.name
+            shutil.move(str(shipped), target)
+            (out / (shipped.name + ".manifest.json")).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            print(f"{item['spec']}: {target} ({target.stat().st_size} bytes)")
+    return 0
 
 
 if __name__ == "__main__":
