@@ -86,7 +86,23 @@ def render_table(report: dict) -> str:
     upd = report.get("update")
     if upd:
         parts.append("")
-        parts.append(f"Update    {upd.get('mechanism')} via {upd.get('agent') or '-'}; active slot {upd.get('active_slot') or '-'}")
+        chan = f", channel {upd['channel']}" if upd.get("channel") else ""
+        parts.append(f"Update    {upd.get('mechanism')} via {upd.get('agent') or '-'}{chan}; active slot {upd.get('active_slot') or '-'}")
+        if upd.get("server"):
+            parts.append(f"          server {upd['server']}")
+        for slot in upd.get("slots") or []:
+            mark = "*" if slot.get("active") else " "
+            bits = ""
+            if slot.get("priority") is not None:
+                bits = f" priority {slot.get('priority')} tries {slot.get('tries')} successful {int(bool(slot.get('successful')))}"
+            parts.append(f"        {mark} slot {slot['name']}: partitions {slot.get('partitions')} version {slot.get('version') or '-'}{bits}")
+    integ = report.get("integrity")
+    if integ:
+        if integ.get("verity"):
+            where = f" (from {integ['hash_location']})" if integ.get("hash_location") else ""
+            parts.append(f"Integrity dm-verity, root hash {integ.get('root_hash') or 'unknown'}{where}")
+        else:
+            parts.append("Integrity no dm-verity")
     surf = report.get("surface")
     if surf:
         parts.append(
