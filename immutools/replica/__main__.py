@@ -62,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def spec_digest(name: str) -> str:
+    """A digest of the merged spec content: what a bundled image was built from."""
+    import hashlib
+
+    from immutools.replica.spec import load_spec
+
+    return hashlib.sha256(json.dumps(load_spec(name).data, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def bundle(out: Path | None = None) -> int:
     """Build each bundled image in its shipped form and keep only that file and its manifest."""
     import shutil
@@ -80,6 +89,7 @@ def bundle(out: Path | None = None) -> int:
             shipped = Path(tmp) / manifest["forms"][item["form"]]
             target = out / shipped.name
             shutil.move(str(shipped), target)
+            manifest["bundle"] = {"spec_digest": spec_digest(item["spec"]), "form": item["form"]}
             (out / (shipped.name + ".manifest.json")).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             print(f"{item['spec']}: {target} ({target.stat().st_size} bytes)")
     return 0
