@@ -26,7 +26,8 @@ _BUILDER_DIR = Path(replica_builder.__file__).resolve().parent
 def _sources_digest() -> str:
     """The builder's own code is part of the cache key, so a builder change rebuilds the replicas."""
     h = hashlib.sha256()
-    for name in ("builder.py", "spec.py", "reproshim.c", "__init__.py"):
+    # every module of the package: content kinds live in modules the builder dispatches to
+    for name in sorted({"reproshim.c", *(p.name for p in _BUILDER_DIR.glob("*.py"))}):
         h.update(name.encode() + b"\0" + (_BUILDER_DIR / name).read_bytes())
     return h.hexdigest()
 

@@ -12,6 +12,14 @@ from immutools.collectors.base import Collector, Detection  # noqa: F401
 
 COLLECTOR_MODULES = (
     "immutools.collectors.flatcar:FlatcarCollector",
+    "immutools.collectors.ostree:OstreeCollector",
+    "immutools.collectors.bottlerocket:BottlerocketCollector",
+    "immutools.collectors.talos:TalosCollector",
+    "immutools.collectors.cos:CosCollector",
+    "immutools.collectors.microos:MicroOsCollector",
+    "immutools.collectors.ubuntucore:UbuntuCoreCollector",
+    "immutools.collectors.dps:DpsCollector",
+    "immutools.collectors.debian:DebianCollector",
     "immutools.collectors.generic:GenericLinuxCollector",
 )
 

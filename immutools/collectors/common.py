@@ -72,3 +72,89 @@ def mount_fs(tree, target: str, image: DiskImage, vol: Volume | None, subdir: st
         image.warn(f"{vol.describe()}: cannot use {subdir} as {target}: {exc}")
         return False
     return True
+
+
+def read_keyfile(fs, path: str, max_bytes: int = 256 * 1024) -> dict[str, dict[str, str]] | None:
+    """An INI/GKeyFile (``[group]`` then ``key=value``: ostree's repo config and ``.origin`` files,
+    rpm-ostreed.conf, systemd-style configs) as {group: {key: value}}; None if absent/unreadable.
+    Keys keep their case; a repeated key keeps its last value (GKeyFile does the same)."""
+    import configparser
+
+    try:
+        if not fs.exists(path):
+            return None
+        text = fs.read_text(path, max_bytes=max_bytes)
+    except ImmutoolsError:
+        return None
+    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",),
+                                       comment_prefixes=("#", ";"), inline_comment_prefixes=None,
+                                       default_section="\0no-default")
+    parser.optionxform = str  # type: ignore[assignment]
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error:
+        return None
+    return {group: dict(parser.items(group)) for group in parser.sections()}
+
+
+def resolve_lenient(fs, path: str, max_hops: int = 40) -> str:
+    """``realpath -m`` inside ``fs``: symlinks resolved (bounded), components that do not exist
+    kept as written. For deciding where a write to ``path`` would land (``/home`` ->
+    ``/var/home`` even before ``/var/home`` exists)."""
+    import posixpath
+
+    pending = [c for c in path.split("/") if c not in ("", ".")]
+    pending.reverse()
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        comp = pending.pop()
+        if comp == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = "/" + "/".join(resolved + [comp])
+        try:
+            st = fs.lstat(candidate)
+        except ImmutoolsError:
+            st = None
+        if st is not None and st.is_symlink and hops < max_hops:
+            hops += 1
+            try:
+                target = fs.readlink(candidate)
+            except ImmutoolsError:
+                resolved.append(comp)
+                continue
+            if target.startswith("/"):
+                resolved = []
+            pending.extend(reversed([c for c in target.split("/") if c not in ("", ".")]))
+            continue
+        resolved.append(comp)
+    return posixpath.normpath("/" + "/".join(resolved))
+
+
+def unit_path_conditions_fail(unit, tree) -> dict | None:
+    """Evidence when a unit's ``ConditionPathExists=``/``ConditionPathIsSymbolicLink=``/
+    ``ConditionPathIsDirectory=`` fails on ``tree`` (systemd would skip the unit); None when they
+    hold or cannot be decided. ``!`` negates; a ``|`` (triggering) condition is not decided here."""
+    checks = {
+        "ConditionPathExists": lambda st: st is not None,
+        "ConditionPathIsSymbolicLink": lambda st: st is not None and st.is_symlink,
+        "ConditionPathIsDirectory": lambda st: st is not None and st.is_dir,
+    }
+    for key, test in checks.items():
+        for a in unit.assignments_of("Unit", key):
+            value = a.value
+            if value.startswith("|"):
+                continue
+            negate = value.startswith("!")
+            path = value.lstrip("!")
+            if not path.startswith("/"):
+                continue
+            try:
+                st = tree.lstat(path) if key == "ConditionPathIsSymbolicLink" else tree.stat(path)
+            except ImmutoolsError:
+                st = None
+            if test(st) == negate:
+                return a.evidence(tree) | {"detail": f"{key}={value} fails: the unit is skipped"}
+    return None

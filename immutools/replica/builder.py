@@ -38,6 +38,7 @@ from typing import Any
 
 from immutools.paths import cache_dir
 from immutools.replica import BUILDER_VERSION
+from immutools.replica.bootassets import EXTRA_ENTRY_KINDS
 from immutools.replica.spec import (
     FS_TYPES,
     Partition,
@@ -415,6 +416,18 @@ def entry_bytes(build: Build, entry: dict, ctx: dict, where: str) -> bytes:
         data = make_tar(build, entry["tar"], ctx, where)
     elif "image" in entry:
         data = make_nested_image(build, entry["image"], ctx, where)
+    elif "uki" in entry:
+        from immutools.replica.uki import uki_bytes
+
+        data = uki_bytes(build, entry["uki"], ctx, f"{where}.uki")
+    elif "bootconfig" in entry:
+        from immutools.replica.bottlerocket import bootconfig_bytes
+
+        data = bootconfig_bytes(str(entry["bootconfig"]))
+    elif any(kind in entry for kind in EXTRA_ENTRY_KINDS):
+        from immutools.replica.bootassets import extra_entry_bytes
+
+        data = extra_entry_bytes(build, entry, ctx, where)
     elif "copy" in entry:
         src = Path(str(entry["copy"]))
         if not src.is_absolute():
@@ -555,6 +568,10 @@ def make_filesystem(build: Build, content: dict, ctx: dict, out: Path, size: int
     staging = None
     if content.get("tree") is not None or extra_files:
         staging = stage_tree(build, content.get("tree"), ctx, where, extra_files)
+    if content.get("ostree"):
+        from immutools.replica.ostree import stage_sysroot_part
+
+        staging = stage_sysroot_part(build, content["ostree"], ctx, where, staging, ftype)
     step = f"{where}:{ftype}"
     r = build.runner
     opts = [str(o) for o in content.get("options") or []]
@@ -605,6 +622,10 @@ def make_filesystem(build: Build, content: dict, ctx: dict, out: Path, size: int
         r.run(cmd + opts + [out, size // bs], step)
         for args in content.get("tune2fs") or []:
             r.run(["tune2fs", *[str(a) for a in args], out], step + ":tune2fs")
+        if content.get("shrink"):
+            from immutools.replica.bottlerocket import shrink_ext
+
+            facts.update(shrink_ext(r, out, step))
         if content.get("ro_compat_hack"):
             ext_ro_compat_hack(out)
             facts["ro_compat_hack"] = True
@@ -641,11 +662,15 @@ def make_filesystem(build: Build, content: dict, ctx: dict, out: Path, size: int
             cmd += ["-L", content["label"]]
         if content.get("uuid"):
             cmd += ["-m", f"uuid={content['uuid']}"]
+        sticky: list[tuple[str, int]] = []
         if staging is not None:
             proto = build.tmp("xfs.proto")
-            proto.write_text(xfs_protofile(staging, where))
+            proto.write_text(xfs_protofile(staging, where, build.owners, sticky))
             cmd += ["-p", proto]
         r.run(cmd + opts + [out], step)
+        for rel, mode in sticky:
+            # protofiles have no sticky bit: set the full mode with xfs_db (expert mode, an image file)
+            r.run(["xfs_db", "-x", "-c", f"path /{rel}", "-c", f"write core.mode 0{mode:o}", out], step + ":sticky")
     elif ftype == "squashfs":
         if staging is None:
             staging = stage_tree(build, None, ctx, where)
@@ -737,17 +762,26 @@ def ext_ro_compat_hack(path: Path) -> None:
         os.pwrite(f.fileno(), bytes(sb), EXT_SB)
 
 
-def xfs_protofile(staging: Path, where: str) -> str:
-    """mkfs.xfs -p protofile (xfs_mkfs(8) "proto"): one line per entry, directories closed by ``$``."""
+def xfs_protofile(staging: Path, where: str, owners: dict | None = None, sticky: list | None = None) -> str:
+    """mkfs.xfs -p protofile (xfs_mkfs(8) "proto"): one line per entry, directories closed by ``$``.
+
+    ``owners``: the build's (dev, ino) -> (uid, gid, ino) map (an unprivileged build cannot chown the
+    staging tree). ``sticky``: when a list, sticky-bit entries are collected there as (path, full
+    st_mode) for the caller to set after mkfs, instead of being refused."""
     lines = ["immutools-replica", "0 0"]
 
-    def mode_str(st: os.stat_result, kind: str) -> str:
+    def mode_str(st: os.stat_result, kind: str, path: Path | None = None) -> str:
         m = st.st_mode
         if m & 0o1000:
-            raise SpecError(f"{where}: xfs protofiles cannot express the sticky bit")
+            if sticky is None or path is None:
+                raise SpecError(f"{where}: xfs protofiles cannot express the sticky bit")
+            sticky.append((str(path.relative_to(staging)), m))
         return kind + ("u" if m & 0o4000 else "-") + ("g" if m & 0o2000 else "-") + f"{m & 0o777:03o}"
 
     def owner(st: os.stat_result, path: Path) -> str:
+        known = (owners or {}).get((st.st_dev, st.st_ino))
+        if known is not None:
+            return f"{known[0]} {known[1]}"
         return f"{st.st_uid} {st.st_gid}"
 
     def walk(d: Path, depth: int) -> None:
@@ -759,7 +793,7 @@ def xfs_protofile(staging: Path, where: str) -> str:
             if child.is_symlink():
                 lines.append(f"{pad}{child.name} {mode_str(st, 'l')} {owner(st, child)} {os.readlink(child)}")
             elif child.is_dir():
-                lines.append(f"{pad}{child.name} {mode_str(st, 'd')} {owner(st, child)}")
+                lines.append(f"{pad}{child.name} {mode_str(st, 'd', child)} {owner(st, child)}")
                 walk(child, depth + 1)
                 lines.append(f"{pad}$")
             else:
@@ -797,12 +831,17 @@ def make_verity(build: Build, part: Partition, data_file: Path, hash_file: Path,
     if not m:
         raise BuildError(f"{where}: veritysetup printed no root hash:\n{text}")
     facts = {"root_hash": m.group(1), "salt": v["salt"].lower(), "uuid": str(uuidlib.UUID(v["uuid"])),
+             # DPS: the data partition's GUID is the first 128 bits of the root hash, the hash partition's the last
+             "data_partition_uuid": str(uuidlib.UUID(m.group(1)[:32])) if len(m.group(1)) >= 64 else None,
+             "hash_partition_uuid": str(uuidlib.UUID(m.group(1)[-32:])) if len(m.group(1)) >= 64 else None,
              "hash_algorithm": v.get("hash", "sha256"), "data_block_size": dbs, "hash_block_size": hbs,
              "hash_offset": hash_offset, "superblock": v.get("superblock", True) is not False}
     for key, rx in (("data_blocks", r"Data blocks:\s*(\d+)"), ("hash_blocks", r"Hash blocks:\s*(\d+)")):
         mm = re.search(rx, text)
         if mm:
             facts[key] = int(mm.group(1))
+    if "data_blocks" in facts:
+        facts["data_sectors"] = facts["data_blocks"] * dbs // 512     # the dm table's length (Bottlerocket grub.cfg)
     if "hash_partition" in v:
         facts["hash_partition"] = v["hash_partition"]
     return facts
@@ -858,9 +897,10 @@ def write_gpt(build: Build, image: Path) -> dict:
         cmd += ["-U", disk_guid]
     for p in spec.partitions:
         n = p.number
-        cmd += [f"-n{n}:{p.start}:{p.end}", f"-t{n}:{p.type}", f"-u{n}:{p.guid}"]
+        guid = parse_guid(render(p.guid, build.ctx(), f"partitions.{p.key}.guid"), f"partitions.{p.key}.guid")
+        cmd += [f"-n{n}:{p.start}:{p.end}", f"-t{n}:{p.type}", f"-u{n}:{guid}"]
         if p.label:
-            cmd += [f"-c{n}:{p.label}"]
+            cmd += [f"-c{n}:{render(p.label, build.ctx(), f'partitions.{p.key}.label')}"]
         if p.attrs:
             cmd += [f"-A{n}:=:{p.attrs:016x}"]
     build.runner.run(cmd + [image], "gpt")
@@ -1127,10 +1167,10 @@ def build(spec_ref: str | Path | Spec, out_dir: Path, forms: list[str] | None = 
         fu = 34 if spec.sector_size == 512 else 6
         manifest["disk"].update(first_usable_lba=fu, last_usable_lba=total - fu, backup_header_lba=total - 1)
     for p in spec.partitions:
-        row = {"key": p.key, "number": p.number, "label": p.label, "start": p.start, "sectors": p.sectors,
+        row = {"key": p.key, "number": p.number, "label": render(p.label, b.ctx(), p.key), "start": p.start, "sectors": p.sectors,
                "offset": p.start * spec.sector_size, "size": p.sectors * spec.sector_size}
         if spec.table == "gpt":
-            row.update(type=p.type, guid=p.guid, attrs=f"0x{p.attrs:016x}")
+            row.update(type=p.type, guid=parse_guid(render(p.guid, b.ctx(), p.key), p.key), attrs=f"0x{p.attrs:016x}")
         else:
             row.update(mbr_type=f"0x{p.mbr_type:02x}", bootable=p.bootable)
         row.update(part_facts.get(p.key, {}))

@@ -17,9 +17,15 @@
  *   IMMUTOOLS_SHIM_OWNERS path of a file of "dev ino uid gid new_ino" lines (decimal): stat() of
  *                         that file reports these owners and inode number (mkfs.btrfs --rootdir
  *                         reuses source inode numbers, which differ between staging trees)
+ *   IMMUTOOLS_SHIM_UNPRIVILEGED  when set: chown() and friends succeed without changing anything
+ *                         (owners come from the map above), and FIFREEZE/FITHAW fail with
+ *                         EOPNOTSUPP, so tools that manage a system root (`ostree admin deploy`)
+ *                         work on a staging directory without root and never freeze the host's
+ *                         filesystem when run as root.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <fcntl.h>
@@ -40,6 +46,10 @@ static int64_t shim_epoch(void) {
     const char *e = getenv("IMMUTOOLS_SHIM_EPOCH");
     return e ? strtoll(e, NULL, 10) : 0;
 }
+
+/* Without IMMUTOOLS_SHIM_EPOCH the clock and stat times are left alone (tools such as ostree
+ * detect their own changes by directory mtimes). */
+static int fixed_clock(void) { return getenv("IMMUTOOLS_SHIM_EPOCH") != NULL; }
 
 /* splitmix64 over an FNV-1a hash of the seed: a fixed, well-mixed byte stream. */
 static uint64_t rng_state;
@@ -93,13 +103,22 @@ void srandom(unsigned int s) { (void)s; }
 void srand(unsigned int s) { (void)s; }
 
 time_t time(time_t *t) {
+    static time_t (*real)(time_t *);
+    if (!fixed_clock()) {
+        if (!real) real = dlsym(RTLD_NEXT, "time");
+        return real(t);
+    }
     time_t now = (time_t)shim_epoch();
     if (t) *t = now;
     return now;
 }
 
 int gettimeofday(struct timeval *restrict tv, void *restrict tz) {
-    (void)tz;
+    static int (*real)(struct timeval *restrict, void *restrict);
+    if (!fixed_clock()) {
+        if (!real) real = dlsym(RTLD_NEXT, "gettimeofday");
+        return real(tv, tz);
+    }
     tv->tv_sec = (time_t)shim_epoch();
     tv->tv_usec = 0;
     return 0;
@@ -107,7 +126,7 @@ int gettimeofday(struct timeval *restrict tv, void *restrict tz) {
 
 int clock_gettime(clockid_t clk, struct timespec *ts) {
     static int (*real)(clockid_t, struct timespec *);
-    if (clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE) {
+    if (fixed_clock() && (clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE)) {
         ts->tv_sec = (time_t)shim_epoch();
         ts->tv_nsec = 0;
         return 0;
@@ -158,9 +177,11 @@ static int lookup_owner(uint64_t dev, uint64_t ino, uint32_t *uid, uint32_t *gid
 
 #define FIX_STAT(st)                                                                  \
     do {                                                                              \
-        time_t e_ = (time_t)shim_epoch();                                             \
-        (st)->st_atim.tv_sec = (st)->st_mtim.tv_sec = (st)->st_ctim.tv_sec = e_;      \
-        (st)->st_atim.tv_nsec = (st)->st_mtim.tv_nsec = (st)->st_ctim.tv_nsec = 0;    \
+        if (fixed_clock()) {                                                          \
+            time_t e_ = (time_t)shim_epoch();                                         \
+            (st)->st_atim.tv_sec = (st)->st_mtim.tv_sec = (st)->st_ctim.tv_sec = e_;  \
+            (st)->st_atim.tv_nsec = (st)->st_mtim.tv_nsec = (st)->st_ctim.tv_nsec = 0;\
+        }                                                                             \
         uint32_t u_, g_;                                                              \
         uint64_t i_;                                                                  \
         if (lookup_owner((st)->st_dev, (st)->st_ino, &u_, &g_, &i_)) {                \
@@ -221,9 +242,11 @@ int statx(int dirfd, const char *path, int flags, unsigned int mask, struct stat
     if (!real) real = dlsym(RTLD_NEXT, "statx");
     int r = real(dirfd, path, flags, mask, stx);
     if (r == 0) {
-        int64_t e = shim_epoch();
-        stx->stx_atime.tv_sec = stx->stx_mtime.tv_sec = stx->stx_ctime.tv_sec = stx->stx_btime.tv_sec = e;
-        stx->stx_atime.tv_nsec = stx->stx_mtime.tv_nsec = stx->stx_ctime.tv_nsec = stx->stx_btime.tv_nsec = 0;
+        if (fixed_clock()) {
+            int64_t e = shim_epoch();
+            stx->stx_atime.tv_sec = stx->stx_mtime.tv_sec = stx->stx_ctime.tv_sec = stx->stx_btime.tv_sec = e;
+            stx->stx_atime.tv_nsec = stx->stx_mtime.tv_nsec = stx->stx_ctime.tv_nsec = stx->stx_btime.tv_nsec = 0;
+        }
         uint32_t u, g;
         uint64_t i;
         if (lookup_owner(makedev(stx->stx_dev_major, stx->stx_dev_minor), stx->stx_ino, &u, &g, &i)) {
@@ -336,4 +359,49 @@ int closedir(DIR *d) {
         free(s);
     }
     return real(d);
+}
+
+/* ---- unprivileged system-root tools (IMMUTOOLS_SHIM_UNPRIVILEGED) ---- */
+static int unprivileged(void) { return getenv("IMMUTOOLS_SHIM_UNPRIVILEGED") != NULL; }
+
+int chown(const char *path, uid_t uid, gid_t gid) {
+    static int (*real)(const char *, uid_t, gid_t);
+    if (unprivileged()) return 0;
+    if (!real) real = dlsym(RTLD_NEXT, "chown");
+    return real(path, uid, gid);
+}
+
+int lchown(const char *path, uid_t uid, gid_t gid) {
+    static int (*real)(const char *, uid_t, gid_t);
+    if (unprivileged()) return 0;
+    if (!real) real = dlsym(RTLD_NEXT, "lchown");
+    return real(path, uid, gid);
+}
+
+int fchown(int fd, uid_t uid, gid_t gid) {
+    static int (*real)(int, uid_t, gid_t);
+    if (unprivileged()) return 0;
+    if (!real) real = dlsym(RTLD_NEXT, "fchown");
+    return real(fd, uid, gid);
+}
+
+int fchownat(int dirfd, const char *path, uid_t uid, gid_t gid, int flags) {
+    static int (*real)(int, const char *, uid_t, gid_t, int);
+    if (unprivileged()) return 0;
+    if (!real) real = dlsym(RTLD_NEXT, "fchownat");
+    return real(dirfd, path, uid, gid, flags);
+}
+
+/* linux/fs.h: FIFREEZE _IOWR('X', 119, int), FITHAW _IOWR('X', 120, int) */
+#define SHIM_FIFREEZE 0xC0045877UL
+#define SHIM_FITHAW 0xC0045878UL
+
+int ioctl(int fd, unsigned long request, void *arg) {
+    static int (*real)(int, unsigned long, void *);
+    if (unprivileged() && (request == SHIM_FIFREEZE || request == SHIM_FITHAW)) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    if (!real) real = dlsym(RTLD_NEXT, "ioctl");
+    return real(fd, request, arg);
 }

@@ -32,7 +32,9 @@ from immutools.paths import data_dir
 FS_TYPES = ("vfat", "ext2", "ext3", "ext4", "btrfs", "xfs", "squashfs", "erofs")
 CONTENT_TYPES = FS_TYPES + ("raw", "zero")
 FORMS = ("raw", "bz2", "xz", "zst", "lz4", "gz", "qcow2")
-ENTRY_KINDS = ("text", "symlink", "dir", "elf", "pe", "kernel", "hex", "zeros", "tar", "image", "copy")
+ENTRY_KINDS = ("text", "symlink", "dir", "elf", "pe", "kernel", "hex", "zeros", "tar", "image", "copy", "uki", "bootconfig")
+from immutools.replica.bootassets import EXTRA_ENTRY_KINDS  # noqa: E402 - cpio, pe_sections, zboot, talos_meta, padded
+ENTRY_KINDS += EXTRA_ENTRY_KINDS
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 MAX_EXTENDS_DEPTH = 16
 MAX_TEMPLATE_DEPTH = 16
@@ -325,7 +327,7 @@ def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
 
 TOP_KEYS = {"name", "abstract", "description", "distribution", "release", "layout_source", "limitations",
             "source_date_epoch", "vars", "disk", "partitions", "trees", "provenance_partition", "forms",
-            "expect", "raw_suffix"}
+            "expect", "raw_suffix", "ostree"}
 DISK_KEYS = {"size", "sector_size", "table", "disk_guid", "mbr", "mbr_signature"}
 PART_KEYS = {"number", "label", "type", "guid", "start", "sectors", "size", "attrs", "mbr_type", "bootable",
              "content", "verity", "vars"}
@@ -409,7 +411,9 @@ def _validate(name: str, path: Path, files: list[Path], data: dict) -> Spec:
             if "type" not in p:
                 raise SpecError(f"{pw}.type: missing (a GPT type GUID)")
             part.type = parse_guid(p["type"], f"{pw}.type")
-            if "guid" in p:
+            if "guid" in p and TEMPLATE.search(str(p["guid"])):
+                part.guid = str(p["guid"])      # a build-time value, e.g. from a verity root hash
+            elif "guid" in p:
                 part.guid = parse_guid(p["guid"], f"{pw}.guid")
             else:
                 raise SpecError(f"{pw}.guid: missing (replicas need fixed unique GUIDs to be reproducible)")
@@ -502,6 +506,9 @@ FS_KEYS = {
     "zero": {"type"},
 }
 FS_KEYS["ext3"] = FS_KEYS["ext4"] = FS_KEYS["ext2"]
+for _fs in ("ext2", "xfs", "btrfs"):
+    FS_KEYS[_fs].add("ostree")      # a part of an ostree sysroot built by immutools.replica.ostree
+FS_KEYS["ext2"].add("shrink")         # resize2fs -M after mkfs (Bottlerocket BOOT/ROOT), shared by ext3/ext4
 
 
 def _validate_content(content: dict, where: str, trees: dict, part_bytes: int | None) -> None:
@@ -515,7 +522,7 @@ def _validate_content(content: dict, where: str, trees: dict, part_bytes: int | 
             raise SpecError(f"{where}.size: {size} bytes is larger than the partition ({part_bytes} bytes)")
     if ctype == "xfs":
         size = parse_size(content.get("size", part_bytes or 0), f"{where}.size")
-        if size < 300 * 1024 * 1024:
+        if size < 300 * 1024 * 1024 and "--unsupported" not in [str(o) for o in content.get("options") or []]:
             raise SpecError(f"{where}: xfs needs at least 300 MiB (mkfs.xfs refuses smaller), got {size} bytes")
     if ctype == "raw":
         kinds = [k for k in ENTRY_KINDS if k in content]
@@ -558,6 +565,10 @@ def _validate_entry(entry: Any, where: str, trees: dict) -> None:
     if kind == "elf":
         if not isinstance(entry["elf"], dict) or "arch" not in entry["elf"]:
             raise SpecError(f"{where}.elf: needs arch (x86_64, aarch64, ...)")
+    if kind in EXTRA_ENTRY_KINDS:
+        from immutools.replica.bootassets import validate_extra_entry
+
+        validate_extra_entry(entry, kind, where, trees, _validate_entry)
     if kind == "kernel":
         if not isinstance(entry["kernel"], dict) or "arch" not in entry["kernel"]:
             raise SpecError(f"{where}.kernel: needs arch")
