@@ -57,7 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("image")
     cat.add_argument("location", help="PARTITION:PATH, e.g. 3:/lib/os-release")
     _add_common(cat)
+
+    # Analysis commands (immutools.analysis: pandas and matplotlib, imported only when they run).
+    cmp = sub.add_parser("compare", help="compare images or saved reports side by side (scores, layout, updates, surface)")
+    cmp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_REPORT",
+                     help="a saved report (.json, from `scan --format json -o X.json`), an image (scanned), or a folder of either")
+    cmp.add_argument("--chart", choices=ANALYSIS_CHARTS, help="also draw this chart (needs --output)")
+    cmp.add_argument("--output", "-o", metavar="FILE", help="write the chart to FILE.png or FILE.svg (default chart: spectrum)")
+    cmp.add_argument("--rubric", metavar="YAML", help="score with this rubric instead of data/rubric.yaml")
+    _add_common(cmp)
+
+    rep = sub.add_parser("report", help="write one self-contained HTML page comparing images or saved reports")
+    rep.add_argument("inputs", nargs="+", metavar="IMAGE_OR_REPORT",
+                     help="a saved report (.json), an image (scanned), or a folder of either")
+    rep.add_argument("--output", "-o", metavar="FILE.html", required=True, help="where to write the page")
+    rep.add_argument("--rubric", metavar="YAML", help="score with this rubric instead of data/rubric.yaml")
+    _add_common(rep)
     return parser
+
+
+ANALYSIS_CHARTS = ("spectrum", "heatmap", "partitions", "surface", "updates")
 
 
 def _select_volume(image, spec: str):
@@ -201,7 +220,55 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat, "verify": cmd_verify}
+def _load_for_analysis(args):
+    """Frames of the inputs of ``compare``/``report`` (imports pandas: only called by them)."""
+    from immutools.analysis.frames import load
+    from immutools.analysis.loading import AnalysisUsageError
+    from immutools.analysis.rubric import load_rubric
+
+    rubric = load_rubric(args.rubric) if args.rubric else None
+    frames = load(args.inputs, rubric=rubric, progress=args.progress)
+    for w in frames.warnings:
+        sys.stderr.write(f"immutools: warning: {w}\n")
+    if not frames.reports:
+        raise AnalysisUsageError("no report or image found in " + ", ".join(args.inputs))
+    return frames
+
+
+def cmd_compare(args) -> int:
+    import shutil
+
+    from immutools.analysis.loading import AnalysisUsageError
+    from immutools.analysis.rubric import sensitivity
+    from immutools.analysis.table import render_comparison
+
+    if args.chart and not args.output:
+        raise AnalysisUsageError("--chart needs --output FILE.png or FILE.svg")
+    if args.output and not args.output.lower().endswith((".png", ".svg")):
+        raise AnalysisUsageError(f"{args.output}: charts are written as .png or .svg")
+    frames = _load_for_analysis(args)
+    width = shutil.get_terminal_size((120, 40)).columns if sys.stdout.isatty() else 160
+    sys.stdout.write(render_comparison(frames, width=max(60, width)))
+    sys.stdout.write(sensitivity(frames, frames.rubric).summary + "\n")
+    if args.output:
+        from immutools.analysis import charts
+
+        path = charts.make(args.chart or "spectrum", frames, rubric=frames.rubric).save(args.output)
+        sys.stderr.write(f"immutools: wrote {path}\n")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from immutools.analysis.html import write_report
+
+    frames = _load_for_analysis(args)
+    path = write_report(frames, args.output, rubric=frames.rubric)
+    sys.stderr.write(f"immutools: wrote {path}\n")
+    return EXIT_OK
+
+
+COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat, "verify": cmd_verify, "compare": cmd_compare,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,316 @@
+"""Getting scan reports: saved JSON reports, images to scan, folders of either, or report dicts.
+
+Loading a saved report reads JSON only: no image access, and none of the parsing libraries
+(``dissect.*``) is imported. Images are scanned through ``immutools.scan``, imported only then.
+
+Every loaded report gets a short, unique **image id** used as the key of every frame: the replica
+spec name for replicas (``report["image"]["provenance"]["spec"]``), otherwise the image file name
+without its container/compression suffixes; a repeated id gets ``#2``, ``#3``...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from immutools.errors import EXIT_USAGE, ImmutoolsError, ImageIOError
+from immutools.paths import data_dir
+
+# Saved reports are small (tens of KiB); a bound keeps a stray huge file from filling memory.
+MAX_REPORT_BYTES = 64 * 1024 * 1024
+_IMAGE_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".qcow2", ".vmdk", ".vhdx", ".vhd", ".raw", ".img", ".bin")
+
+
+class ReportLoadError(ImmutoolsError):
+    """A file given as a saved report is not one (bad JSON, not an immutools report)."""
+
+
+class AnalysisUsageError(ImmutoolsError):
+    """A bad request to the analysis layer (unknown chart, empty input, bad rubric)."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass
+class LoadedReport:
+    """One report and where it came from."""
+
+    image_id: str
+    report: dict
+    source: str                 # the path given (a .json report or an image), or "<dict>"
+    source_kind: str            # "report" (saved JSON), "image" (scanned now) or "dict"
+
+    @property
+    def replica(self) -> bool:
+        return bool(_dict(_dict(self.report.get("image")).get("provenance")).get("replica"))
+
+
+@dataclass
+class LoadResult:
+    reports: list[LoadedReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # files in folders that were skipped, and why
+
+
+def bundled_reports_dir() -> Path:
+    """``data/reports``: saved scans of the bundled replica images."""
+    return data_dir() / "reports"
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def is_report(obj) -> bool:
+    """Does ``obj`` look like an ``immutools scan`` report (enough to build frames from)?"""
+    return isinstance(obj, dict) and isinstance(obj.get("schema_version"), int) and isinstance(obj.get("image"), dict)
+
+
+def read_report(path: str | os.PathLike) -> dict:
+    """Read one saved report (``immutools scan --format json -o X.json``)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_REPORT_BYTES + 1)
+    except OSError as exc:
+        raise ImageIOError(f"{path}: cannot read report: {exc.strerror}") from None
+    if len(data) > MAX_REPORT_BYTES:
+        raise ReportLoadError(f"{path}: larger than {MAX_REPORT_BYTES} bytes: not a saved report")
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ReportLoadError(f"{path}: not valid JSON: {exc}") from None
+    if not is_report(obj):
+        raise ReportLoadError(f"{path}: JSON but not an immutools scan report (no schema_version/image)")
+    return obj
+
+
+def scan_report(path: str | os.PathLike, progress: bool | None = False) -> dict:
+    """Scan an image now (imports the parsing stack)."""
+    from immutools.scan import scan
+
+    return scan(str(path), progress=progress)
+
+
+def base_image_id(report: dict, source: str | None = None) -> str:
+    image = _dict(report.get("image"))
+    prov = _dict(image.get("provenance"))
+    spec = prov.get("spec")
+    if prov.get("replica") and isinstance(spec, str) and spec:
+        return spec
+    path = image.get("path") if isinstance(image.get("path"), str) else (source or "")
+    name = os.path.basename(path) or "image"
+    # Strip container and compression suffixes (``x.raw.xz`` -> ``x``), keeping at least one char.
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _IMAGE_SUFFIXES:
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                changed = True
+    return name
+
+
+def assign_ids(entries: list[LoadedReport]) -> None:
+    seen: dict[str, int] = {}
+    for entry in entries:
+        base = entry.image_id
+        seen[base] = seen.get(base, 0) + 1
+        if seen[base] > 1:
+            entry.image_id = f"{base}#{seen[base]}"
+
+
+def _looks_like_json(path: Path) -> bool:
+    return path.suffix.lower() == ".json"
+
+
+def load_reports(sources=None, *, scan_images: bool = True, progress: bool | None = False) -> LoadResult:
+    """Load reports from ``sources``.
+
+    ``sources``: ``None`` (the bundled reports in ``data/reports``), or one item or a list of items,
+    each a report ``dict``, a ``LoadedReport``, a path to a saved ``.json`` report, a path to an
+    image (scanned), or a folder (its ``*.json`` reports and images, not recursive; files that are
+    neither are skipped and listed in ``warnings``). A file named explicitly must load.
+    """
+    result = LoadResult()
+    if sources is None:
+        folder = bundled_reports_dir()
+        if not folder.is_dir():
+            raise AnalysisUsageError(f"{folder}: no bundled reports (run `python -m immutools.frames refresh-reports`)")
+        sources = [folder]
+    if isinstance(sources, (str, os.PathLike, dict, LoadedReport)):
+        sources = [sources]
+    for item in sources:
+        if isinstance(item, LoadedReport):
+            result.reports.append(LoadedReport(item.image_id, item.report, item.source, item.source_kind))
+        elif isinstance(item, dict):
+            if not is_report(item):
+                raise ReportLoadError("a dict given as a report has no schema_version/image")
+            result.reports.append(LoadedReport(base_image_id(item), item, "<dict>", "dict"))
+        elif isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            if path.is_dir():
+                _load_folder(path, result, scan_images, progress)
+            else:
+                result.reports.append(_load_path(path, scan_images, progress))
+        else:
+            raise AnalysisUsageError(f"cannot load a report from a {type(item).__name__}")
+    assign_ids(result.reports)
+    return result
+
+
+def _load_path(path: Path, scan_images: bool, progress=False) -> LoadedReport:
+    if _looks_like_json(path):
+        report = read_report(path)
+        return LoadedReport(base_image_id(report, str(path)), report, str(path), "report")
+    if not path.exists():
+        raise ImageIOError(f"{path}: no such file")
+    if not scan_images:
+        raise AnalysisUsageError(f"{path}: not a .json report and scanning images is off")
+    report = scan_report(path, progress)
+    return LoadedReport(base_image_id(report, str(path)), report, str(path), "image")
+
+
+def _load_folder(folder: Path, result: LoadResult, scan_images: bool, progress=False) -> None:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise ImageIOError(f"{folder}: cannot list folder: {exc.strerror}") from None
+    for name in names:
+        path = folder / name
+        if name.startswith(".") or not path.is_file():
+            continue
+        if _looks_like_json(path):
+            try:
+                report = read_report(path)
+            except ReportLoadError as exc:
+                result.warnings.append(f"skipped {path}: {exc}")
+                continue
+            result.reports.append(LoadedReport(base_image_id(report, str(path)), report, str(path), "report"))
+        elif scan_images:
+            try:
+                report = scan_report(path, progress)
+            except ImmutoolsError as exc:
+                # A folder may hold manifests, checksums, notes: skip what is not an image.
+                result.warnings.append(f"skipped {path}: {exc}")
+                continue
+            result.reports.append(LoadedReport(base_image_id(report, str(path)), report, str(path), "image"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Saved reports: what `refresh-reports` writes and the freshness test compares.
+# ------------------------------------------------------------------------------------------------
+
+def normalize_for_saving(report: dict) -> dict:
+    """A copy fit for ``data/reports``: the image path reduced to its file name (machine-independent),
+    timing statistics dropped. Everything else is the scan as it came."""
+    out = json.loads(json.dumps(report))
+    image = _dict(out.get("image"))
+    if isinstance(image.get("path"), str):
+        image["path"] = os.path.basename(image["path"])
+    out.pop("stats", None)
+    return out
+
+
+def dumps_report(report: dict) -> str:
+    return json.dumps(report, indent=1, ensure_ascii=False) + "\n"
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def saved_report_name(report: dict, source: str | None = None) -> str:
+    return _SAFE_NAME.sub("_", base_image_id(report, source)).strip("._") or "image"
+
+
+# A saved report's image form (container, compression) -> the replica builder's form name.
+_FORM_OF = {("raw", None): "raw", ("raw", "bzip2"): "bz2", ("raw", "xz"): "xz", ("raw", "zstd"): "zst",
+            ("raw", "lz4"): "lz4", ("raw", "gzip"): "gz", ("qcow2", None): "qcow2"}
+
+
+def replica_form(report: dict) -> str:
+    """The replica builder form (raw, bz2, qcow2, ...) a saved report's image was scanned in."""
+    image = _dict(report.get("image"))
+    return _FORM_OF.get((image.get("container"), image.get("compression")), "raw")
+
+
+def bundled_image_for(report: dict) -> Path | None:
+    """The bundled image (``data/replicas/<file name>``) a saved report was made from, if present."""
+    name = _dict(report.get("image")).get("path")
+    if not isinstance(name, str) or not name:
+        return None
+    candidate = data_dir() / "replicas" / os.path.basename(name)
+    return candidate if candidate.is_file() else None
+
+
+def _write(report: dict, source: str, out: Path, log) -> Path:
+    report = normalize_for_saving(report)
+    target = out / (saved_report_name(report, source) + ".json")
+    try:
+        target.write_text(dumps_report(report), encoding="utf-8")
+    except OSError as exc:
+        raise ImageIOError(f"{target}: cannot write report: {exc.strerror}") from None
+    if log is not None:
+        log(f"{source} -> {target}")
+    return target
+
+
+def _scan_replica(spec: str, form: str, work: Path) -> tuple[dict, str]:
+    """Build replica ``spec`` in ``form`` under ``work`` (a temporary folder) and scan it."""
+    from immutools.replica.builder import build
+
+    manifest = build(spec, work, ["raw"] if form == "raw" else ["raw", form], compute_sha256=False)
+    image = work / manifest["forms"].get(form, manifest["image"])
+    return scan_report(image), str(image)
+
+
+def refresh_reports(images: list[str] = (), out_dir: str | os.PathLike | None = None, log=None, *,
+                    replicas: list[str] = (), existing: bool = False) -> list[Path]:
+    """Scan images and write ``<out_dir>/<image id>.json`` (default ``data/reports``).
+
+    ``images``: image files to scan. ``replicas``: replica spec names (``all`` for every
+    buildable spec) to build in a temporary folder and scan. ``existing``: rescan what every
+    report already in ``out_dir`` was made from: its bundled image in ``data/replicas`` if there
+    is one, else its replica spec (built in the same form); reports of other images are kept as
+    they are (and logged).
+    """
+    import tempfile
+
+    out = Path(out_dir) if out_dir is not None else bundled_reports_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image in images:
+        written.append(_write(scan_report(image), str(image), out, log))
+    jobs: list[tuple[str, str]] = []
+    if replicas:
+        from immutools.replica.spec import list_specs
+
+        names = [s.name for s in list_specs()] if list(replicas) == ["all"] else list(replicas)
+        jobs += [(name, "raw") for name in names]
+    if existing:
+        for path in sorted(out.glob("*.json")):
+            try:
+                saved = read_report(path)
+            except ImmutoolsError as exc:
+                if log is not None:
+                    log(f"{path}: kept: {exc}")
+                continue
+            bundled = bundled_image_for(saved)
+            prov = _dict(_dict(saved.get("image")).get("provenance"))
+            if bundled is not None:
+                written.append(_write(scan_report(bundled), str(bundled), out, log))
+            elif prov.get("replica") and isinstance(prov.get("spec"), str):
+                jobs.append((prov["spec"], replica_form(saved)))
+            elif log is not None:
+                log(f"{path}: kept: no bundled image and no replica spec to rebuild it from")
+    for spec, form in jobs:
+        with tempfile.TemporaryDirectory(prefix="immutools-refresh-") as work:
+            report, image = _scan_replica(spec, form, Path(work))
+            written.append(_write(report, image, out, log))
+    return written
