@@ -158,3 +158,27 @@ def unit_path_conditions_fail(unit, tree) -> dict | None:
             if test(st) == negate:
                 return a.evidence(tree) | {"detail": f"{key}={value} fails: the unit is skipped"}
     return None
+
+
+def add_enabled_mount_units(table, units, tree) -> list[dict]:
+    """Add every enabled ``.mount`` unit of ``tree`` whose target the table does not have yet.
+
+    Units whose ``ConditionPath*=`` fails in the image are skipped and returned (with the
+    evidence), so a report can say why a mount is absent."""
+    from immutools.system.mounts import MountEntry
+
+    skipped: list[dict] = []
+    for mu in units.mount_units():
+        if not mu.where or table.get(mu.where) is not None:
+            continue
+        en = units.enablement(mu.name)
+        if not en.enabled:
+            continue
+        failed = unit_path_conditions_fail(mu.unit, tree)
+        if failed is not None:
+            skipped.append({"unit": mu.name, "evidence": [failed]})
+            continue
+        entry = MountEntry.from_mount_unit(mu, tree)
+        entry.evidence += en.evidence(tree)
+        table.add(entry)
+    return skipped

@@ -19,7 +19,7 @@ import posixpath
 import re
 
 from immutools.collectors.base import Collector, Detection
-from immutools.collectors.common import mount_fs, read_key_values, unit_path_conditions_fail, weighted_confidence
+from immutools.collectors.common import mount_fs, read_key_values, add_enabled_mount_units, weighted_confidence
 from immutools.disk import DiskImage, Volume
 from immutools.errors import ImmutoolsError
 from immutools.knowledge import load_distribution
@@ -373,20 +373,7 @@ class DpsCollector(Collector):
             table.add(MountEntry(r["target"], f"PARTUUID={vol.partition.uuid}", vol.fstype, ["ro" if r["read_only"] else "rw"],
                                  observed=False, volume=vol,
                                  evidence=[evidence(f"{vol.describe()}: GPT entry", f"DPS type {r['key']}"), evidence(ref, "auto-mounted by type", False)]))
-        skipped = []
-        for mu in units.mount_units():
-            if not mu.where or table.get(mu.where) is not None:
-                continue
-            en = units.enablement(mu.name)
-            if not en.enabled:
-                continue
-            failed = unit_path_conditions_fail(mu.unit, tree)
-            if failed is not None:
-                skipped.append({"unit": mu.name, "evidence": [failed]})
-                continue
-            entry = MountEntry.from_mount_unit(mu, tree)
-            entry.evidence += en.evidence(tree)
-            table.add(entry)
+        skipped = add_enabled_mount_units(table, units, tree)
         if table.get("/run") is None:
             table.add(MountEntry("/run", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=755"], observed=False,
                                  evidence=[evidence("systemd API filesystems", "/run is a tmpfs", False)]))

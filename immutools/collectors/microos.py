@@ -127,7 +127,7 @@ class MicroOsCollector(Collector):
 
     # ------------------------------------------------------------------------------- collect
     def collect(self, image: DiskImage, detection: Detection) -> dict:
-        from immutools.collectors.common import resolve_lenient, unit_path_conditions_fail
+        from immutools.collectors.common import add_enabled_mount_units, resolve_lenient
         from immutools.collectors.generic import arch_from_tree
         from immutools.system.fstab import parse_fstab
         from immutools.system.mounts import MountEntry, MountTable, path_rows, resolve_source_match
@@ -192,20 +192,7 @@ class MicroOsCollector(Collector):
                 entry.volume = match.volume
                 entry.evidence.append(evidence(match.volume.describe(), match.how, match.observed))
             table.add(entry)
-        skipped = []
-        for mu in units.mount_units():
-            if not mu.where or table.get(mu.where) is not None:
-                continue
-            en = units.enablement(mu.name)
-            if not en.enabled:
-                continue
-            failed = unit_path_conditions_fail(mu.unit, tree)
-            if failed is not None:
-                skipped.append({"unit": mu.name, "evidence": [failed]})
-                continue
-            entry = MountEntry.from_mount_unit(mu, tree)
-            entry.evidence += en.evidence(tree)
-            table.add(entry)
+        skipped = add_enabled_mount_units(table, units, tree)
         if table.get("/run") is None:
             table.add(MountEntry("/run", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=755"], observed=False,
                                  evidence=[evidence("systemd API filesystems", "/run is a tmpfs", False)]))

@@ -23,7 +23,7 @@ import re
 
 from immutools.collectors.base import Collector, Detection
 from immutools.collectors.common import (
-    mount_fs, read_key_values, read_keyfile, resolve_lenient, unit_path_conditions_fail, weighted_confidence,
+    mount_fs, read_key_values, read_keyfile, resolve_lenient, add_enabled_mount_units, weighted_confidence,
 )
 from immutools.disk import DiskImage, Volume
 from immutools.errors import ImmutoolsError
@@ -237,20 +237,7 @@ class OstreeCollector(Collector):
                 entry.volume = match.volume
                 entry.evidence.append(evidence(match.volume.describe(), match.how, match.observed))
             table.add(entry)
-        skipped_units: list[dict] = []
-        for mu in units.mount_units():
-            if not mu.where or table.get(mu.where) is not None:
-                continue
-            en = units.enablement(mu.name)
-            if not en.enabled:
-                continue
-            failed = unit_path_conditions_fail(mu.unit, tree)
-            if failed is not None:
-                skipped_units.append({"unit": mu.name, "evidence": [failed]})
-                continue
-            entry = MountEntry.from_mount_unit(mu, tree)
-            entry.evidence += en.evidence(tree)
-            table.add(entry)
+        skipped_units = add_enabled_mount_units(table, units, tree)
         for m in k.get("documented_mounts", []):
             if table.get(m["target"]) is None:
                 table.add(MountEntry(m["target"], m["source"], m["fstype"], list(m["options"]), observed=False,
