@@ -38,7 +38,7 @@ import zlib
 from immutools.errors import CorruptDataError, ImageIOError, ImmutoolsError, LimitExceededError, UnsupportedFeatureError
 from immutools.image import magic
 from immutools.image.progress import Progress
-from immutools.image.source import ByteSource, ReadStats
+from immutools.image.source import ByteSource, ReadStats, pread_all
 from immutools.limits import DEFAULT_LIMITS, Limits
 
 CODECS = ("gzip", "bzip2", "xz", "zstd", "lz4")
@@ -322,18 +322,7 @@ class DecompressedSource(ByteSource):
         fd = self._state["fd"]
         if fd is None:
             raise ImageIOError(f"{self.name}: read after close")
-        out = []
-        while length > 0:
-            try:
-                chunk = os.pread(fd, length, offset)
-            except OSError as exc:
-                raise ImageIOError(f"{self.name}: read error at offset {offset}: {exc.strerror}") from None
-            if not chunk:
-                break
-            out.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-        return b"".join(out)
+        return pread_all(fd, offset, length, self.name)
 
     def close(self) -> None:
         self._finalizer()

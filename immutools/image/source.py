@@ -116,6 +116,22 @@ class ByteSource(io.RawIOBase):
         return f"<{type(self).__name__} {self.name} size={self.size}>"
 
 
+def pread_all(fd: int, offset: int, length: int, name: str) -> bytes:
+    """``length`` bytes at ``offset`` of ``fd`` (short only at end of file), retrying short reads."""
+    out = []
+    while length > 0:
+        try:
+            chunk = os.pread(fd, length, offset)
+        except OSError as exc:
+            raise ImageIOError(f"{name}: read error at offset {offset}: {exc.strerror}") from None
+        if not chunk:
+            break
+        out.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(out)
+
+
 class FileSource(ByteSource):
     """A regular file (or block device) opened read-only. Uses ``os.pread``: no shared offset."""
 
@@ -134,18 +150,7 @@ class FileSource(ByteSource):
         self.name = self.path
 
     def _read_at(self, offset: int, length: int) -> bytes:
-        out = []
-        while length > 0:
-            try:
-                chunk = os.pread(self._fd, length, offset)
-            except OSError as exc:
-                raise ImageIOError(f"{self.path}: read error at offset {offset}: {exc.strerror}") from None
-            if not chunk:
-                break
-            out.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
-        return b"".join(out)
+        return pread_all(self._fd, offset, length, self.path)
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:
