@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 import stat as stat_mod
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from immutools.errors import (
     FileSystemError,
@@ -24,6 +24,9 @@ from immutools.errors import (
     NotFoundError,
 )
 from immutools.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from immutools.fs.table import EntryTable
 
 # File types, named like `find -type` / dirent types.
 REG, DIR, LNK, CHR, BLK, FIFO, SOCK, UNKNOWN = "file", "dir", "symlink", "char", "block", "fifo", "socket", "unknown"
@@ -305,6 +308,67 @@ class FileSystem:
                     else:
                         subdirs.append((cpath, child, depth + 1))
             stack.extend(reversed(subdirs))
+
+    # ---- whole-tree metadata (the fast paths) -------------------------------------------------
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()) -> "EntryTable":
+        """Metadata of every entry below ``path`` as columns (``immutools.fs.table.EntryTable``),
+        without reading file contents or link targets; directories in ``exclude`` (absolute
+        paths inside this filesystem) are listed but not descended.
+
+        This generic version walks the per-entry primitives; backends that can decode inode
+        tables and directory blocks in bulk override it. Bounded like ``walk``."""
+        from immutools.fs.table import EntryTable
+
+        depth_cap = self.limits.max_walk_depth
+        excluded = {"/" + p.strip("/") if p.strip("/") else "/" for p in exclude}
+        start = self._resolve(path, True)
+        base = "/" + path.strip("/") if path.strip("/") else "/"
+        parent: list[int] = []
+        names: list[str] = []
+        stats: list[Stat] = []
+        seen: set = set()
+        stack: list[tuple[int, str, Any, int]] = [(-1, base, start, 0)]
+        while stack:
+            row, dpath, dref, depth = stack.pop()
+            key = self._node_key(dref)
+            if key is not None:
+                if key in seen:
+                    self.warnings.append(f"{dpath}: directory loop, not descended")
+                    continue
+                seen.add(key)
+            subdirs = []
+            for name, child in self._list_node(dref):
+                if "/" in name or name in ("", ".", ".."):
+                    self.warnings.append(f"{dpath}/{name!r}: invalid name in directory, skipped")
+                    continue
+                st = self._stat_node(child)
+                parent.append(row)
+                names.append(name)
+                stats.append(st)
+                if len(names) > self.limits.max_walk_entries:
+                    raise LimitExceededError(f"walk of {path}: more than {self.limits.max_walk_entries} entries")
+                if st.is_dir:
+                    cpath = f"{dpath.rstrip('/')}/{name}"
+                    if cpath in excluded:
+                        continue
+                    if depth + 1 > depth_cap:
+                        self.warnings.append(f"{cpath}: deeper than {depth_cap} levels, not descended")
+                    else:
+                        subdirs.append((len(names) - 1, cpath, child, depth + 1))
+            stack.extend(reversed(subdirs))
+        return EntryTable.from_rows(base, parent, names, stats)
+
+    def find_special(self, path: str = "/", exclude: tuple[str, ...] = (), bits: int | None = None) -> list[tuple[str, Stat]]:
+        """Regular files below ``path`` whose mode has any of ``bits`` (default: setuid and setgid),
+        as (path, Stat), sorted by path; ``exclude`` as in ``walk_table``.
+
+        The answer of a full walk. Backends that can read mode bits straight from their inode
+        tables override this: look at the modes first, resolve names only for the hits."""
+        from immutools.fs.table import SPECIAL_BITS
+
+        table = self.walk_table(path, exclude)
+        rows = table.rows_with_bits(SPECIAL_BITS if bits is None else bits)
+        return sorted((table.path(int(i)), table.stat(int(i))) for i in rows)
 
     def close(self) -> None:
         pass
