@@ -177,6 +177,10 @@ class DiskImage:
         self._fs_cache[volume.number] = fs
         return fs
 
+    def filesystem_warnings(self) -> list[str]:
+        """What the opened filesystems met while reading (damaged directories, loops, ...)."""
+        return [w for fs in self._fs_cache.values() if fs is not None for w in fs.warnings]
+
     def filesystems(self):
         """Yield (volume, FileSystem) for every readable filesystem, in partition order."""
         for vol in self.volumes:

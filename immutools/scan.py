@@ -12,11 +12,8 @@ from immutools.disk import DiskImage, PhaseTimer, require_image
 from immutools.errors import ImmutoolsError
 from immutools.image.source import ReadStats
 from immutools.limits import DEFAULT_LIMITS, Limits
+from immutools.report.completeness import evaluate, warnings_for
 from immutools.report.model import empty_report, evidence
-
-# Report sections a collector may fill; anything else it returns is ignored.
-COLLECTED_SECTIONS = ("os", "mounts", "paths", "update", "integrity", "surface", "distribution")
-
 
 def image_section(image: DiskImage) -> dict:
     opened, table = image.opened, image.table
@@ -147,34 +144,34 @@ def scan_image(image: DiskImage) -> dict:
     with image.timer.measure("provenance"):
         report["image"]["provenance"] = find_provenance(image)
     collector, detection, detections = choose_collector(image)
-    if collector is not None:
+    findings = None
+    if collector is None:
+        image.warn("no collector recognised an operating system: looked for each distribution's partition "
+                   f"layout and for an os-release file in {len(list(image.filesystems()))} readable filesystem(s)")
+    else:
         with image.timer.measure(f"collect:{collector.name}"):
-            try:
-                sections = collector.collect(image, detection)
-            except ImmutoolsError as exc:
-                image.warn(f"collector {collector.name}: {exc}")
-                sections = {}
-        for key in COLLECTED_SECTIONS:
-            if key in sections:
-                report[key] = sections[key]
-        report["os"].setdefault("evidence", [])
-        report["os"]["collector"] = collector.name
-        report["os"]["confidence"] = detection.confidence
+            findings = collector.run(image, detection)
+        report.update(findings.to_sections())
+        os_section = report["os"]
+        os_section["collector"] = collector.name
+        os_section["confidence"] = detection.confidence
         merged, seen = [], set()
-        for ev in list(detection.evidence) + list(report["os"]["evidence"]):
+        for ev in list(detection.evidence) + list(os_section.get("evidence") or []):
             key = (ev.get("source"), ev.get("detail"))
             if key not in seen:
                 seen.add(key)
                 merged.append(ev)
-        report["os"]["evidence"] = merged
-        report["os"]["candidates"] = [
+        os_section["evidence"] = merged
+        os_section["candidates"] = [
             {"collector": d.collector, "confidence": d.confidence} for d in sorted(detections, key=lambda d: -d.confidence)
         ]
-    # Warnings from filesystems (damaged directories met during reading) join the image's.
-    for _vol, fs in list(image._fs_cache.items()):
-        if fs is not None:
-            for w in fs.warnings:
-                image.warn(w)
+    completeness = evaluate(report, getattr(collector, "knowledge", None),
+                            findings.explanations if findings is not None else None)
+    for line in warnings_for(completeness):
+        image.warn(line)
+    report["completeness"] = completeness.to_report()
+    for warning in image.filesystem_warnings():
+        image.warn(warning)
     report["warnings"] = list(image.warnings)
     return report
 

@@ -2,9 +2,8 @@
 
 One read-write root filesystem holds /usr, /etc, /var and /home; updates are in-place ``apt``/``dpkg``
 transactions (optionally unattended-upgrades) with no atomic switch and no rollback. Facts come
-from ``data/distributions/debian.yaml`` (citing shared/reference/ostree-and-others.md §8); the mount
-table, paths and surface come from the shared view of a conventional system
-(``immutools.collectors.generic.compose_system``).
+from ``data/distributions/debian.yaml``; the mount table, paths and surface come from the shared
+view of a conventionally installed system (``immutools.system.compose.compose_system``).
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ import re
 
 from immutools.collectors.base import Collector, Detection
 from immutools.collectors.common import weighted_confidence
-from immutools.collectors.generic import (
-    arch_from_tree, compose_system, detect_arch, find_root, os_section_from, package_manager_update, system_paths,
-)
 from immutools.disk import DiskImage
 from immutools.errors import ImmutoolsError
-from immutools.knowledge import load_distribution
-from immutools.report.model import evidence
+from immutools.report.model import Findings, Integrity, OsIdentity, evidence
+from immutools.system.compose import (
+    RootCandidate, compose_system, finish, find_root, identify_arch, lenient_resolver, package_manager_update,
+    read_key_values, read_text,
+)
 
 _MAX_STATUS_BYTES = 64 * 1024 * 1024
 _MAX_SOURCE_FILES = 64
@@ -27,108 +26,78 @@ _MAX_SOURCE_FILES = 64
 
 class DebianCollector(Collector):
     name = "debian"
-
-    def __init__(self):
-        self.k = load_distribution("debian")
+    distribution = "debian"
 
     def _is_debian(self, parsed: dict) -> bool:
         ident = parsed.get("ID", "")
         like = parsed.get("ID_LIKE", "").split()
-        return ident in self.k["os_release_ids"] or ("debian" in like and ident != "ubuntu-core")
+        return ident in self.knowledge["os_release_ids"] or ("debian" in like and ident != "ubuntu-core")
 
     def _cloud_layout(self, image: DiskImage) -> bool:
-        lay = self.k["cloud_layout"]
-        for role in ("esp", "root"):
-            vol = image.volume(number=lay[role]["number"])
-            if vol is None or vol.partition is None or vol.partition.type_guid != lay[role]["type"]:
+        layout = self.knowledge["cloud_layout"]
+        for role in ("bios", "esp", "root"):
+            vol = image.volume(number=layout[role]["number"])
+            if vol is None or vol.partition is None or vol.partition.type_guid != layout[role]["type"]:
                 return False
         return True
 
     def detect(self, image: DiskImage) -> Detection:
-        found = find_root(image)
-        if found is None:
+        root = find_root(image)
+        if root is None or not self._is_debian(root.os_release):
             return Detection(self.name, 0.0)
-        vol, sub, path, parsed = found
-        if not self._is_debian(parsed):
-            return Detection(self.name, 0.0)
-        fs = image.filesystem(vol)
-        hits, ev = ["os_release_id"], [evidence(f"{vol.describe()}: {path}", f"os-release ID={parsed.get('ID')}")]
-        for key, rel in (("dpkg_status", self.k["dpkg_status"]), ("debian_version", "/etc/debian_version")):
-            full = sub.rstrip("/") + rel
+        fs = image.filesystem(root.volume)
+        hits, ev = ["os_release_id"], [root.evidence(f"os-release ID={root.os_release.get('ID')}")]
+        for key, rel in (("dpkg_status", self.knowledge["dpkg_status"]), ("debian_version", self.knowledge["debian_version"])):
+            full = root.subdir.rstrip("/") + rel
             try:
                 if fs.exists(full):
                     hits.append(key)
-                    ev.append(evidence(f"{vol.describe()}: {full}", f"{rel} present"))
+                    ev.append(evidence(f"{root.volume.describe()}: {full}", f"{rel} present"))
             except ImmutoolsError:
                 continue
         if self._cloud_layout(image):
+            layout = self.knowledge["cloud_layout"]
             hits.append("cloud_layout")
-            ev.append(evidence("GPT entries 14, 15, 1", "Debian cloud image layout (BIOS boot 14, ESP 15, root 1)"))
-        return Detection(self.name, weighted_confidence(self.k["detect"], hits), ev, {"root": found})
+            numbers = ", ".join(f"{role} {layout[role]['number']}" for role in ("bios", "esp", "root"))
+            ev.append(evidence(f"GPT entries {numbers}", "Debian cloud image layout (debian-cloud-images partition.GRUB_CLOUD_AMD64)"))
+        return Detection(self.name, weighted_confidence(self.knowledge["detect"], hits), ev, {"root": root})
 
-    def collect(self, image: DiskImage, detection: Detection) -> dict:
-        from immutools.system.surface import inventory
-
-        vol, sub, path, parsed = detection.facts.get("root") or find_root(image)
-        os_section = os_section_from(parsed, evidence(f"{vol.describe()}: {path}", "os-release ID/NAME/VERSION_ID"))
-        view = compose_system(image, vol, sub)
+    def gather(self, image: DiskImage, detection: Detection, findings: Findings) -> None:
+        root: RootCandidate = detection.facts.get("root") or find_root(image)
+        findings.os = OsIdentity.from_os_release(root.os_release, root.evidence(), id_like=root.os_release.get("ID_LIKE"))
+        view = compose_system(image, root)
         tree = view.tree
-        arch, arch_ev = detect_arch(image, [])
-        if arch is None:
-            arch, arch_ev = arch_from_tree(tree)
-        os_section["arch"] = arch
-        if arch_ev:
-            os_section["evidence"].append(arch_ev)
-        surface = inventory(tree, None, view.units).to_report()
-        update = package_manager_update(surface)
+        arch, arch_ev = identify_arch(image, tree)
+        findings.os.arch = arch
+        findings.os.add_evidence(arch_ev)
+        findings.integrity = Integrity.none()
+        finish(image, findings, self.knowledge, view.table, tree, units=view.units, resolve=lenient_resolver(tree))
+        update = package_manager_update(findings.surface)
         apt = self._apt(tree, view.units)
-        update.update(agent=apt["agent"], channel=apt["channel"], server=apt["server"],
-                      rollback="none: apt/dpkg change files in place; there is no previous version to boot")
-        update["evidence"] = update["evidence"] + apt["evidence"]
-        update["apt"] = {k: v for k, v in apt.items() if k != "evidence"}
-        paths = system_paths(view)
-        debian_version = self._text(tree, "/etc/debian_version")
-        distribution = {
-            "name": "debian" if parsed.get("ID") == "debian" else parsed.get("ID"),
-            "debian_version": debian_version,
-            "cloud_release": self._key_values(tree, self.k["cloud_release"]),
+        update.agent, update.channel, update.server = apt["agent"], apt["channel"], apt["server"]
+        update.rollback = self.knowledge["rollback"]
+        update.evidence += apt["evidence"]
+        update.extra["apt"] = {k: v for k, v in apt.items() if k != "evidence"}
+        findings.update = update
+        persistent_paths = set(self.knowledge["everything_persistent_paths"])
+        findings.distribution = {
+            "name": "debian" if root.os_release.get("ID") == "debian" else root.os_release.get("ID"),
+            "debian_version": read_text(tree, self.knowledge["debian_version"]),
+            "cloud_release": read_key_values(tree, self.knowledge["cloud_release"]),
             "layout": "debian-cloud" if self._cloud_layout(image) else None,
-            "root": {"partition": vol.number, "fstype": vol.fstype, "subdir": sub},
+            "root": {"partition": root.volume.number, "fstype": root.volume.fstype, "subdir": root.subdir},
             "fstab": [{"source": r.source, "target": r.target, "fstype": r.fstype, "options": r.options} for r in view.fstab],
             "fstab_unresolved": view.unresolved,
             "dpkg": self._dpkg(tree),
             "kernels": self._kernels(tree),
-            "everything_persistent": all(p["state"] == "persistent" for p in paths
-                                         if p["path"] in ("/", "/etc", "/usr", "/var", "/home", "/opt", "/root", "/srv")),
+            "everything_persistent": all(p.state == "persistent" for p in findings.paths if p.path in persistent_paths),
             "skipped_mount_units": view.skipped_units,
-        }
-        return {
-            "os": os_section,
-            "mounts": view.table.to_report(),
-            "paths": paths,
-            "update": update,
-            "integrity": {"verity": False, "root_hash": None, "hash_location": None, "verified": None, "evidence": []},
-            "surface": surface,
-            "distribution": distribution,
         }
 
     # ------------------------------------------------------------------------------- pieces
-    @staticmethod
-    def _text(tree, path: str) -> str | None:
-        try:
-            return tree.read_text(path, max_bytes=4096).strip() if tree.exists(path) else None
-        except ImmutoolsError:
-            return None
-
-    @staticmethod
-    def _key_values(tree, path: str) -> dict | None:
-        from immutools.collectors.common import read_key_values
-
-        return read_key_values(tree, path)
-
     def _dpkg(self, tree) -> dict | None:
         """Installed packages in the dpkg status database (stanzas whose Status ends in ``installed``)."""
-        path = self.k["dpkg_status"]
+        path = self.knowledge["dpkg_status"]
         try:
             if not tree.exists(path):
                 return None
@@ -155,7 +124,7 @@ class DebianCollector(Collector):
         """apt sources: one-line ``deb [opts] URI suite components`` and deb822 ``.sources`` stanzas."""
         out: list[dict] = []
         files: list[str] = []
-        for path in self.k["apt"]["sources"]:
+        for path in self.knowledge["apt"]["sources"]:
             try:
                 if not tree.exists(path):
                     continue
@@ -190,7 +159,7 @@ class DebianCollector(Collector):
         return out
 
     def _apt(self, tree, units) -> dict:
-        apt = self.k["apt"]
+        apt = self.knowledge["apt"]
         ev: list[dict] = []
         sources = self._sources(tree)
         server = None
@@ -198,7 +167,7 @@ class DebianCollector(Collector):
             uri = src["uri"]
             if uri.startswith("mirror+file:"):
                 # apt's mirror method: the file lists the mirrors, first one first
-                listed = self._text(tree, "/" + uri[len("mirror+file:"):].lstrip("/"))
+                listed = read_text(tree, "/" + uri[len("mirror+file:"):].lstrip("/"))
                 uri = (listed or "").split()[0] if listed else uri
             server = server or uri
             ev.append(tree.evidence(src["file"], f"apt source {src['uri']} {' '.join(src['suites'])}"))
@@ -211,7 +180,7 @@ class DebianCollector(Collector):
             names = []
         for name in names:
             path = f"{apt['periodic_dir']}/{name}"
-            text = self._text(tree, path) or ""
+            text = read_text(tree, path) or ""
             m = re.search(re.escape(apt["unattended_key"]) + r'\s+"(\d+)"', text)
             if m:
                 unattended = m.group(1) != "0"
