@@ -110,8 +110,7 @@ def _reason(status: str, fact: str, explanations: dict, report: dict) -> str | N
             prow = next((p for p in report.get("paths") or [] if p.get("path") == fact[5:]), None)
             row = next((m for m in report.get("mounts") or [] if prow and m.get("target") == prow.get("via")), None)
         detail = next((e.get("detail") for e in (row or {}).get("evidence", []) if not e.get("observed", True)), None)
-        return f"set up by the OS at run time, not described in the image ({detail})" if detail else \
-            "set up by the OS at run time, not described in the image"
+        return detail or "set up by the OS at run time, not described in the image"
     return "not found in the image"
 
 
@@ -137,11 +136,11 @@ def evaluate(report: dict, knowledge: dict | None, explanations: dict | None = N
 
 
 def warnings_for(completeness: Completeness) -> list[str]:
-    """One warning line per fact that was not observed."""
-    out = []
-    for f in completeness.facts:
-        if f.status == "missing":
-            out.append(f"completeness: {f.fact} is missing: {f.reason}")
-        elif f.status == "inferred":
-            out.append(f"completeness: {f.fact} is inferred: {f.reason}")
+    """A warning per missing fact, and one naming every inferred fact with its reason."""
+    out = [f"completeness: {f.fact} is missing: {f.reason}" for f in completeness.facts if f.status == "missing"]
+    inferred = [f for f in completeness.facts if f.status == "inferred"]
+    if inferred:
+        out.append(f"completeness: {len(inferred)} of {len(completeness.facts)} guaranteed facts are inferred from the "
+                   "documented behaviour, not seen in the image: "
+                   + "; ".join(f"{f.fact} ({f.reason})" for f in inferred))
     return out
