@@ -12,10 +12,15 @@ from dataclasses import dataclass, field
 
 from immutools.errors import ImageIOError, ImmutoolsError, UnsupportedImageError
 from immutools.fs.base import FileSystem
-from immutools.fs.probe import FILESYSTEM_TYPES, FsIdentity, identify
+from immutools.fs.probe import FILESYSTEM_TYPES, PROBED_SIGNATURES, FsIdentity, identify
 from immutools.image.source import ByteSource, ReadStats, SliceSource
 from immutools.limits import DEFAULT_LIMITS, Limits
+from immutools.volumes import lookup_type
 from immutools.volumes.model import Partition, PartitionTable
+
+
+# Partition roles (data/partition_types.yaml) whose partitions hold a filesystem.
+FILESYSTEM_ROLES = {"data", "root", "usr", "home", "srv", "var", "tmp", "esp", "boot"}
 
 
 @dataclass
@@ -139,6 +144,19 @@ class DiskImage:
                 )
             ident = self._safe_identify(src, label) if src.available > 0 else FsIdentity("unreadable")
             self.volumes.append(Volume(part.number, src, ident, part))
+            self._explain_unrecognised(label, part, ident)
+
+    def _explain_unrecognised(self, label: str, part: Partition, ident: FsIdentity) -> None:
+        """A partition whose type promises a filesystem but whose content none of the probes
+        recognised is a warning: a damaged superblock must not pass as an empty result."""
+        if ident.fstype != "unknown":
+            return
+        _key, name, role = lookup_type(part.type_guid if part.type_guid else part.mbr_type) \
+            if (part.type_guid or part.mbr_type is not None) else (None, None, None)
+        if role not in FILESYSTEM_ROLES:
+            return
+        self.warn(f"{label}: its type ({name}) says it holds a filesystem, but no known signature was found "
+                  f"(looked for {', '.join(PROBED_SIGNATURES)} at their superblock offsets): damaged or unsupported content")
 
     def _safe_identify(self, src: ByteSource, label: str) -> FsIdentity:
         try:

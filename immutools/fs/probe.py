@@ -43,6 +43,9 @@ class FsIdentity:
 
 
 FILESYSTEM_TYPES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "squashfs", "erofs"}
+# What ``identify`` looks for, in order (for messages that say what was looked for).
+PROBED_SIGNATURES = ("dm-verity", "LUKS", "squashfs", "XFS", "EROFS", "ext2/3/4", "btrfs", "FAT", "Talos META",
+                     "swap", "ISO 9660")
 
 
 def _cstr(b: bytes) -> str | None:
