@@ -4,46 +4,73 @@ KERN-A/ROOT-A and KERN-B/ROOT-B are chosen by the GPT priority/tries/successful 
 partitions (the same rule as GRUB's gptprio); GRUB on partition 12 reads the priorities and boots
 the matching "verified image" entry, whose command line builds the dm-verity root device. The
 root filesystem is read-only; ``/etc`` is a tmpfs; ``/home`` and ``/var`` come from the stateful
-partition (noexec). Facts: ``data/distributions/cos.yaml`` (citing shared/reference/ostree-and-others.md
-§5); the runtime mounts are documented behaviour (``observed: false``).
+partition (noexec). Facts: ``data/distributions/cos.yaml`` (upstream sources cited there); the
+runtime mounts are documented behaviour (``observed: false``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from immutools.collectors.base import Collector, Detection
-from immutools.collectors.common import mount_fs, os_release_of, read_key_values, slot_row, weighted_confidence
-from immutools.disk import DiskImage
+from immutools.collectors.common import weighted_confidence
+from immutools.disk import DiskImage, Volume
 from immutools.errors import ImmutoolsError
-from immutools.knowledge import load_distribution
-from immutools.report.model import evidence
+from immutools.fs.pe import kernel_info
+from immutools.fs.verity import read_superblock
+from immutools.report.model import Findings, Integrity, OsIdentity, Update, UpdateSlot, evidence
+from immutools.system.compose import arch_from_tree, finish, mount_fs, os_release_of, read_key_values
+from immutools.system.grubcfg import parse_grub_cfg
+from immutools.system.mounts import MountEntry, MountTable, resolve_source_match
+from immutools.system.rootview import OsTree
+from immutools.system.units import UnitSet
 from immutools.volumes.gptprio import gptprio_next
 
-_OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
+_SLOTS = ("A", "B")
+
+
+@dataclass
+class Boot:
+    """The slot the priorities pick, each slot's os-release, and what GRUB on the ESP boots."""
+
+    slots: dict                                   # slot -> (kernel volume, root volume)
+    os: dict                                      # slot -> (os-release, evidence)
+    choice: object                                # GptPrioChoice
+    active: str | None
+    esp: Volume | None
+    grub: object | None = None
+    entries: dict = field(default_factory=dict)   # slot -> its verified GrubEntry
+    default: object | None = None                 # the default GrubEntry
+    cmdline: object | None = None
+
+    @property
+    def active_os(self) -> dict:
+        return (self.os[self.active][0] if self.active else None) or {}
 
 
 class CosCollector(Collector):
     name = "cos"
-
-    def __init__(self):
-        self.k = load_distribution("cos")
+    distribution = "cos"
 
     def _slot_vols(self, image: DiskImage, slot: str):
-        spec = self.k["gpt"]["slots"][slot]
+        gpt = self.knowledge["gpt"]
+        spec = gpt["slots"][slot]
         kern = image.volume(number=spec["kernel"])
         root = image.volume(number=spec["root"])
-        if kern is None or kern.partition is None or kern.partition.type_guid != self.k["gpt"]["kernel_type"]:
+        if kern is None or kern.partition is None or kern.partition.type_guid != gpt["kernel_type"]:
             kern = image.volume(label=spec["kernel_label"])
-        if root is None or root.partition is None or root.partition.type_guid != self.k["gpt"]["rootfs_type"]:
+        if root is None or root.partition is None or root.partition.type_guid != gpt["rootfs_type"]:
             root = image.volume(label=spec["root_label"])
         return kern, root
 
     def detect(self, image: DiskImage) -> Detection:
-        gpt = self.k["gpt"]
+        gpt = self.knowledge["gpt"]
         hits, ev = [], []
         kern_a, root_a = self._slot_vols(image, "A")
-        if kern_a is not None and root_a is not None and kern_a.label == "KERN-A" and root_a.label == "ROOT-A":
+        spec_a = gpt["slots"]["A"]
+        if kern_a is not None and root_a is not None and kern_a.label == spec_a["kernel_label"] and root_a.label == spec_a["root_label"]:
             hits.append("kern_root_labels")
-            ev.append(evidence(f"{kern_a.describe()} / {root_a.describe()}: GPT entries", "KERN-A / ROOT-A"))
+            ev.append(evidence(f"{kern_a.describe()} / {root_a.describe()}: GPT entries", f"{kern_a.label} / {root_a.label}"))
         types = {(v.partition.type_guid if v.partition else None) for v in image.volumes}
         if gpt["kernel_type"] in types and gpt["rootfs_type"] in types:
             hits.append("chromeos_types")
@@ -51,148 +78,153 @@ class CosCollector(Collector):
             hits.append("state_oem_labels")
         if not hits:
             return Detection(self.name, 0.0)
-        for slot in ("A", "B"):
-            parsed, where = os_release_of(image, self._slot_vols(image, slot)[1], _OS_RELEASE)
+        for slot in _SLOTS:
+            parsed, where = os_release_of(image, self._slot_vols(image, slot)[1], self.knowledge["os_release_paths"])
             if parsed and parsed.get("ID") == "cos":
                 hits.append("os_release_id")
                 ev.append(where | {"detail": "os-release ID=cos"})
                 break
-        return Detection(self.name, weighted_confidence(self.k["detect"], hits), ev)
+        return Detection(self.name, weighted_confidence(self.knowledge["detect"], hits), ev)
 
-    def collect(self, image: DiskImage, detection: Detection) -> dict:
-        from immutools.system.mounts import MountEntry, MountTable, path_rows, resolve_source_match
-        from immutools.system.rootview import OsTree
-        from immutools.system.surface import inventory
-        from immutools.system.units import UnitSet
+    # ------------------------------------------------------------------------------- gather
+    def gather(self, image: DiskImage, detection: Detection, findings: Findings) -> None:
+        boot = self._boot(image)
+        findings.integrity = self._integrity(image, boot)
+        tree, state, oem = self._tree(image, boot)
+        units = UnitSet(tree)
+        findings.os = self._os(boot, tree)
+        table = self._mount_table(image, boot, state, oem, findings)
+        finish(image, findings, self.knowledge, table, tree, units=units, cmdline=boot.cmdline,
+               documented_mounts=[], resolve=lambda p: p)
+        findings.update = self._update(boot, tree, units)
+        findings.distribution = self._distribution(image, boot, tree)
 
-        k, gpt = self.k, self.k["gpt"]
-        slots = {s: self._slot_vols(image, s) for s in ("A", "B")}
-        info = {s: os_release_of(image, slots[s][1], _OS_RELEASE) for s in slots}
+    def _boot(self, image: DiskImage) -> Boot:
+        gpt = self.knowledge["gpt"]
+        slots = {s: self._slot_vols(image, s) for s in _SLOTS}
         choice = gptprio_next([v.partition for v in image.volumes if v.partition], gpt["kernel_type"])
         active = next((s for s, (kern, _root) in slots.items() if kern is not None and choice.partition is not None
                        and kern.number == choice.partition.number), None)
         esp = image.volume(label=gpt["labels"]["esp"]) or next((v for v in image.volumes if v.type_key == "esp"), None)
-        grub, entries, grub_default = self._grub(image, esp, slots)
-        cmdline = grub_default.kernel_cmdline(f"{esp.describe()}: {k['esp']['grub_cfg']}") if grub_default else None
+        boot = Boot(slots, {s: os_release_of(image, slots[s][1], self.knowledge["os_release_paths"]) for s in slots},
+                    choice, active, esp)
+        boot.grub, boot.entries, boot.default = self._grub(image, esp, slots)
+        if boot.default is not None:
+            boot.cmdline = boot.default.kernel_cmdline(f"{esp.describe()}: {self.knowledge['esp']['grub_cfg']}")
+        return boot
 
-        # --- verity: each slot's verified entry carries its table ------------------------------------
-        verity = {}
-        for s in slots:
-            entry = entries.get(s)
-            if entry is None:
-                continue
-            line = entry.kernel_cmdline(f"{esp.describe()}: {k['esp']['grub_cfg']}")
-            for dev in line.dm_devices():
+    def _integrity(self, image: DiskImage, boot: Boot) -> Integrity:
+        """Each slot's verified entry carries its dm-verity table (dm-mod.create)."""
+        where = f"{boot.esp.describe()}: {self.knowledge['esp']['grub_cfg']}" if boot.esp is not None else None
+        targets = []
+        for s, entry in boot.entries.items():
+            for dev in entry.kernel_cmdline(where).dm_devices():
                 for table in dev.tables:
                     if table.verity is not None:
-                        verity[s] = {"params": table.verity, "cmdline": line}
-        targets = []
-        for s, v in verity.items():
-            p = v["params"]
-            root_vol = slots[s][1]
-            hash_offset = (p.hash_offset if getattr(p, "hash_offset", None) is not None else 0)
-            targets.append(self._target(image, s, root_vol, p, hash_offset))
+                        targets.append(self._target(s, boot.slots[s][1], table.verity))
+        active = next((t for t in targets if t["slot"] == boot.active), None)
+        cmdline = boot.cmdline
+        return Integrity(
+            verity=bool(targets), root_hash=active["root_hash"] if active else None,
+            hash_location=f"ESP {self.knowledge['esp']['grub_cfg']} menuentry {boot.default.title!r} dm-mod.create"
+            if boot.default is not None and active else None,
+            evidence=[cmdline.evidence("dm-mod.create")] if cmdline is not None and cmdline.has("dm-mod.create") else [],
+            targets=targets)
 
-        # --- the running tree -------------------------------------------------------------------------
-        root_vol = slots[active][1] if active else None
-        state = image.volume(label=gpt["labels"]["state"])
-        oem = image.volume(label=gpt["labels"]["oem"])
+    def _tree(self, image: DiskImage, boot: Boot):
+        labels = self.knowledge["gpt"]["labels"]
+        root_vol = boot.slots[boot.active][1] if boot.active else None
+        state, oem = image.volume(label=labels["state"]), image.volume(label=labels["oem"])
         tree = OsTree(image.limits)
         mount_fs(tree, "/", image, root_vol)
-        mount_fs(tree, "/usr/share/oem", image, oem)
-        mount_fs(tree, "/mnt/stateful_partition", image, state)
+        for m in self.knowledge["mounts"]["partitions"]:
+            mount_fs(tree, m["target"], image, state if m["role"] == "state" else oem)
         state_fs = image.filesystem(state) if state is not None else None
-        for sub in ("home", "var"):
+        for sub in self.knowledge["mounts"]["state_binds"]:
             if state_fs is not None and state_fs.exists("/" + sub):
                 mount_fs(tree, "/" + sub, image, state, subdir="/" + sub)
-        units = UnitSet(tree)
+        return tree, state, oem
 
+    def _os(self, boot: Boot, tree: OsTree) -> OsIdentity:
+        active_os = boot.active_os
+        ident = OsIdentity.from_os_release(active_os, boot.os[boot.active][1] if boot.active else None)
+        ident.name, ident.variant, ident.version = active_os.get("NAME"), None, active_os.get("VERSION_ID")
+        ident.arch, arch_ev = arch_from_tree(tree)
+        ident.add_evidence(arch_ev)
+        return ident
+
+    def _mount_table(self, image: DiskImage, boot: Boot, state, oem, findings: Findings) -> MountTable:
+        ref = self.knowledge["mounts_source"]
         table = MountTable()
-        if cmdline is not None:
-            rm = cmdline.root_mount()
-            if rm is not None:
-                src = resolve_source_match(rm.what, image, cmdline)
-                entry = MountEntry.from_cmdline("/", rm, cmdline, volume=src.volume if src else None,
-                                                integrity="dm-verity" if src is not None and src.verity else "none",
-                                                persistence="image")
-                entry.fstype = rm.fstype or (src.volume.fstype if src else None)
-                if src is not None:
-                    entry.evidence.append(evidence(src.volume.describe(), src.how, src.observed))
-                table.add(entry)
+        cmdline = boot.cmdline
+        rm = cmdline.root_mount() if cmdline is not None else None
+        if rm is not None:
+            src = resolve_source_match(rm.what, image, cmdline)
+            entry = MountEntry.from_cmdline("/", rm, cmdline, volume=src.volume if src else None,
+                                            integrity="dm-verity" if src is not None and src.verity else "none",
+                                            persistence="image")
+            entry.fstype = rm.fstype or (src.volume.fstype if src else None)
+            if src is not None:
+                entry.evidence.append(evidence(src.volume.describe(), src.how, src.observed))
+            table.add(entry)
+        else:
+            findings.explain("mount /", "no default GRUB entry with a root= command line on the ESP")
+        root_vol = boot.slots[boot.active][1] if boot.active else None
         if table.get("/") is None and root_vol is not None:
             table.add(MountEntry("/", root_vol.describe(), root_vol.fstype, ["ro"], integrity="dm-verity", persistence="image",
-                                 observed=False, volume=root_vol, evidence=[evidence(k["mounts_source"], "root is read-only, dm-verity checked", False)]))
-        for m in k["mounts"]:
+                                 observed=False, volume=root_vol,
+                                 evidence=[evidence(ref, "root is read-only, dm-verity checked", False)]))
+        for m in self.knowledge["mounts"]["runtime"]:
             vol = {"state": state, "oem": oem}.get(m.get("role"))
-            ev = [evidence(k["mounts_source"], "set up by the OS at boot", False)]
+            ev = [evidence(ref, "set up by the OS at boot", False)]
             if vol is not None:
                 ev.insert(0, evidence(vol.describe(), f"GPT partition name {vol.label}"))
             table.add(MountEntry(m["target"], m["source"], m["fstype"], list(m["options"]), observed=False, volume=vol, evidence=ev))
-        paths = path_rows(table, resolve=lambda p: p)
-        surface = inventory(tree, cmdline, units).to_report()
+        return table
 
-        # --- update ------------------------------------------------------------------------------------
-        lsb = read_key_values(tree, "/etc/lsb-release") or {}
-        upd_ev = [evidence("GPT attribute bits of KERN-A/KERN-B", choice.reason)]
-        unit = units.find(k["update"]["unit"])
+    def _update(self, boot: Boot, tree: OsTree, units: UnitSet) -> Update:
+        ku = self.knowledge["update"]
+        lsb = read_key_values(tree, ku["lsb_release"]) or {}
+        ev = [evidence("GPT attribute bits of KERN-A/KERN-B", boot.choice.reason)]
+        unit = units.find(ku["unit"])
         if unit is not None:
-            upd_ev.append(tree.evidence(unit.path, "update_engine unit", follow=False))
-        slot_rows = []
-        for s, (kern, root) in slots.items():
-            row = slot_row(s, kern, (info[s][0] or {}).get("BUILD_ID"), s == active)
-            row["partitions"] = [v.number for v in (kern, root) if v is not None]
-            slot_rows.append(row)
-        update = {
-            "mechanism": "ab-partitions", "agent": k["update"]["agent"],
-            "channel": lsb.get("CHROMEOS_RELEASE_TRACK"), "server": None,
-            "active_slot": active, "slots": slot_rows, "rollback": k["update"]["rollback"], "evidence": upd_ev,
-        }
-        active_hash = targets[[t["slot"] for t in targets].index(active)]["root_hash"] if active in [t["slot"] for t in targets] else None
-        integrity = {
-            "verity": bool(verity), "root_hash": active_hash,
-            "hash_location": f"ESP {k['esp']['grub_cfg']} menuentry {grub_default.title!r} dm-mod.create" if grub_default and active_hash else None,
-            "verified": None, "evidence": [cmdline.evidence("dm-mod.create")] if cmdline is not None and cmdline.has("dm-mod.create") else [],
-            "targets": targets,
-        }
-        active_os = info[active][0] if active else None
-        from immutools.collectors.generic import arch_from_tree
+            ev.append(tree.evidence(unit.path, "update_engine unit", follow=False))
+        slots = []
+        for s, (kern, root) in boot.slots.items():
+            slots.append(UpdateSlot.from_attributes(
+                s, [v.number for v in (kern, root) if v is not None],
+                kern.partition.attributes if kern is not None and kern.partition else None,
+                (boot.os[s][0] or {}).get("BUILD_ID"), s == boot.active))
+        return Update(mechanism="ab-partitions", agent=ku["agent"], channel=lsb.get(ku["track_key"]),
+                      active_slot=boot.active, slots=slots, rollback=ku["rollback"], evidence=ev)
 
-        arch, arch_ev = arch_from_tree(tree)
-        os_section = {
-            "id": (active_os or {}).get("ID"), "name": (active_os or {}).get("NAME"),
-            "version": (active_os or {}).get("VERSION_ID"), "variant": None, "arch": arch,
-            "pretty_name": (active_os or {}).get("PRETTY_NAME"), "build_id": (active_os or {}).get("BUILD_ID"),
-            "evidence": [e for e in ((info[active][1] if active else None), arch_ev) if e],
-        }
+    def _distribution(self, image: DiskImage, boot: Boot, tree: OsTree) -> dict:
         kernel = None
-        if grub_default is not None and grub_default.kernel_path and esp is not None:
+        default = boot.default
+        if default is not None and default.kernel_path and boot.esp is not None:
             try:
-                from immutools.fs.pe import kernel_info
-
-                kernel = kernel_info(image.filesystem(esp).open_source(grub_default.kernel_path)).version
+                kernel = kernel_info(image.filesystem(boot.esp).open_source(default.kernel_path)).version
             except ImmutoolsError as exc:
-                image.warn(f"{esp.describe()}: {grub_default.kernel_path}: {exc}")
-        distribution = {
+                image.warn(f"{boot.esp.describe()}: {default.kernel_path}: {exc}")
+        lsb = read_key_values(tree, self.knowledge["update"]["lsb_release"]) or {}
+        cmdline = boot.cmdline
+        return {
             "name": "cos",
-            "milestone": (active_os or {}).get("VERSION_ID"),
-            "grub_default_entry": grub_default.title if grub_default else None,
-            "grub_entries": [e.title for e in (grub.entries if grub else [])],
-            "cros_efi": bool(cmdline is not None and cmdline.has(k["esp"]["efi_marker"])),
+            "milestone": boot.active_os.get("VERSION_ID"),
+            "grub_default_entry": default.title if default else None,
+            "grub_entries": [e.title for e in (boot.grub.entries if boot.grub else [])],
+            "cros_efi": bool(cmdline is not None and cmdline.has(self.knowledge["esp"]["efi_marker"])),
             "kernel": kernel,
             "kernel_cmdline": cmdline.text if cmdline else None,
-            "release_track": lsb.get("CHROMEOS_RELEASE_TRACK"),
-            "slot_builds": {s: (info[s][0] or {}).get("BUILD_ID") for s in slots},
+            "release_track": lsb.get(self.knowledge["update"]["track_key"]),
+            "slot_builds": {s: (boot.os[s][0] or {}).get("BUILD_ID") for s in boot.slots},
         }
-        return {"os": os_section, "mounts": table.to_report(), "paths": paths, "update": update,
-                "integrity": integrity, "surface": surface, "distribution": distribution}
 
     def _grub(self, image: DiskImage, esp, slots):
         """Interpret the ESP grub.cfg with GRUB's view of the kernel priorities (what ``gptpriority``
         returns) seeded as variables; return the config, each slot's verified entry and the default."""
-        from immutools.system.grubcfg import parse_grub_cfg
-
         fs = image.filesystem(esp) if esp is not None else None
-        path = self.k["esp"]["grub_cfg"]
+        path = self.knowledge["esp"]["grub_cfg"]
         if fs is None:
             return None, {}, None
         try:
@@ -211,23 +243,22 @@ class CosCollector(Collector):
         except ImmutoolsError as exc:
             image.warn(f"{esp.describe()}: {path}: {exc}")
             return None, {}, None
+        for warning in getattr(cfg, "warnings", []):
+            image.warn(f"{esp.describe()}: {path}: {warning}")
         entries = {}
         for e in cfg.entries:
             for s in slots:
-                if e.title == f"verified image {s}":
+                if e.title == self.knowledge["esp"]["verified_entry"].format(slot=s):
                     entries[s] = e
         return cfg, entries, cfg.default_entry()
 
-    @staticmethod
-    def _target(image: DiskImage, slot: str, root_vol, params, _offset) -> dict:
+    def _target(self, slot: str, root_vol, params) -> dict:
         """The verity target of a slot: data and hash tree share the ROOT partition; the table's
         hash start points past the superblock veritysetup wrote (when there is one)."""
-        from immutools.fs.verity import read_superblock
-
         hash_start = params.hash_offset
         row = {"slot": slot, "partition": root_vol.number if root_vol else None, "data_offset": 0,
                "hash_partition": root_vol.number if root_vol else None, "root_hash": params.root_hash,
-               "root_hash_source": f"grub.cfg 'verified image {slot}' dm-mod.create"}
+               "root_hash_source": f"grub.cfg '{self.knowledge['esp']['verified_entry'].format(slot=slot)}' dm-mod.create"}
         sb_at = hash_start - params.hash_block_size
         try:
             sb = read_superblock(root_vol.source, sb_at) if root_vol is not None and sb_at >= 0 else None

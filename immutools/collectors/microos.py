@@ -9,30 +9,52 @@ and made the btrfs *default* subvolume, which is what boots next; older snapshot
 The default subvolume is read from btrfs when the image has real subvolumes; when the snapshots are
 plain directories (our replicas: mkfs.btrfs cannot make subvolumes without a mount) the highest
 snapshot number stands in, and the report says so. Facts: ``data/distributions/microos.yaml``
-(citing shared/reference/ostree-and-others.md §6).
+(upstream sources cited there).
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
+from dataclasses import dataclass
 
 from immutools.collectors.base import Collector, Detection
-from immutools.collectors.common import read_key_values, weighted_confidence
-from immutools.disk import DiskImage
+from immutools.collectors.common import weighted_confidence
+from immutools.disk import DiskImage, Volume
 from immutools.errors import ImmutoolsError
-from immutools.knowledge import load_distribution
-from immutools.report.model import evidence
+from immutools.report.model import Findings, Integrity, OsIdentity, Update, UpdateSlot, evidence
+from immutools.system.compose import (
+    add_enabled_mount_units, arch_from_tree, finish, lenient_resolver, read_key_values, resolve_lenient,
+)
+from immutools.system.fstab import parse_fstab
+from immutools.system.mounts import MountEntry, MountTable, resolve_source_match
+from immutools.system.rootview import OsTree
+from immutools.system.units import UnitSet
 
 _SNAP_PATH = re.compile(r"^/?@/\.snapshots/(\d+)/snapshot$")
 _MAX_SNAPSHOTS = 4096
+_OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
+
+
+@dataclass
+class Root:
+    """The btrfs filesystem holding the snapshots, and the one that boots."""
+
+    volume: Volume
+    fs: object
+    snapshots: list[dict]
+    real: bool                    # snapshots read from subvolume metadata (not plain directories)
+    default: dict
+    default_from: str
+
+    def evidence(self) -> dict:
+        return evidence(f"{self.volume.describe()}: {self.default['subvol']}",
+                        f"default snapshot #{self.default['number']} ({self.default_from})", observed=self.real)
 
 
 class MicroOsCollector(Collector):
     name = "microos"
-
-    def __init__(self):
-        self.k = load_distribution("microos")
+    distribution = "microos"
 
     # ------------------------------------------------------------------------------- snapshots
     def _snapshots(self, fs) -> tuple[list[dict], bool]:
@@ -52,14 +74,14 @@ class MicroOsCollector(Collector):
                              "default": bool(sv.get("default")), "id": sv.get("id")})
         if rows:
             return sorted(rows, key=lambda r: r["number"]), True
-        base = "/" + self.k["snapshots_dir"]
+        base = "/" + self.knowledge["snapshots_dir"]
         try:
             names = fs.listdir(base) if fs.exists(base) else []
         except ImmutoolsError:
             names = []
         for name in names[:_MAX_SNAPSHOTS]:
-            if name.isdigit() and fs.exists(f"{base}/{name}/{self.k['snapshot_name']}"):
-                rows.append({"number": int(name), "subvol": f"{self.k['snapshots_dir']}/{name}/{self.k['snapshot_name']}",
+            if name.isdigit() and fs.exists(f"{base}/{name}/{self.knowledge['snapshot_name']}"):
+                rows.append({"number": int(name), "subvol": f"{self.knowledge['snapshots_dir']}/{name}/{self.knowledge['snapshot_name']}",
                              "readonly": None, "default": False, "id": None})
         return sorted(rows, key=lambda r: r["number"]), False
 
@@ -91,17 +113,17 @@ class MicroOsCollector(Collector):
         if vol is None:
             return Detection(self.name, 0.0)
         hits = ["snapshots_dir"]
-        ev = [evidence(f"{vol.describe()}: {self.k['snapshots_dir']}", f"{len(snaps)} snapper snapshot(s)"
+        ev = [evidence(f"{vol.describe()}: {self.knowledge['snapshots_dir']}", f"{len(snaps)} snapper snapshot(s)"
                        + (" (btrfs subvolumes)" if real else " (directories)"))]
         default = self._default(snaps, real)[0]
         sub_fs, sub = self._view(fs, default["subvol"])
         parsed = read_key_values(sub_fs, posixpath.join(sub, "usr/lib/os-release")) or read_key_values(sub_fs, posixpath.join(sub, "etc/os-release"))
-        if parsed and (parsed.get("ID") in self.k["os_release_ids"] or "microos" in parsed.get("ID_LIKE", "").split()):
+        if parsed and (parsed.get("ID") in self.knowledge["os_release_ids"] or "microos" in parsed.get("ID_LIKE", "").split()):
             hits.append("os_release_id")
             ev.append(evidence(f"{vol.describe()}: {default['subvol']}/usr/lib/os-release", f"os-release ID={parsed.get('ID')}"))
-        if {v.label for v in image.volumes} & set(self.k["kiwi_partition_names"]):
+        if {v.label for v in image.volumes} & set(self.knowledge["kiwi_partition_names"]):
             hits.append("kiwi_names")
-        return Detection(self.name, weighted_confidence(self.k["detect"], hits), ev, {"root": vol})
+        return Detection(self.name, weighted_confidence(self.knowledge["detect"], hits), ev, {"root": vol})
 
     @staticmethod
     def _default(snaps: list[dict], real: bool) -> tuple[dict, str]:
@@ -113,7 +135,7 @@ class MicroOsCollector(Collector):
 
     def _info(self, fs, snap: dict) -> dict:
         """snapper's info.xml beside the snapshot (type, date, description); None values when absent."""
-        path = "/" + posixpath.join(posixpath.dirname(snap["subvol"]), self.k["info_file"])
+        path = "/" + posixpath.join(posixpath.dirname(snap["subvol"]), self.knowledge["info_file"])
         out = {"type": None, "date": None, "description": None}
         try:
             if fs.exists(path):
@@ -125,131 +147,139 @@ class MicroOsCollector(Collector):
             pass
         return out
 
-    # ------------------------------------------------------------------------------- collect
-    def collect(self, image: DiskImage, detection: Detection) -> dict:
-        from immutools.collectors.common import add_enabled_mount_units, resolve_lenient
-        from immutools.collectors.generic import arch_from_tree
-        from immutools.system.fstab import parse_fstab
-        from immutools.system.mounts import MountEntry, MountTable, path_rows, resolve_source_match
-        from immutools.system.rootview import OsTree
-        from immutools.system.surface import inventory
-        from immutools.system.units import UnitSet
-
-        k = self.k
+    def _root(self, image: DiskImage) -> Root | None:
         vol, fs, snaps, real = self._root_volume(image)
+        if vol is None:
+            return None
         default, default_from = self._default(snaps, real)
+        return Root(vol, fs, snaps, real, default, default_from)
+
+    # ------------------------------------------------------------------------------- gather
+    def gather(self, image: DiskImage, detection: Detection, findings: Findings) -> None:
+        root = self._root(image)
+        if root is None:
+            return
         tree = OsTree(image.limits)
-        root_fs, root_sub = self._view(fs, default["subvol"])
-        tree.mount("/", root_fs, subdir=root_sub, volume=vol)
-        rows, fstab_where = [], None
+        root_fs, root_sub = self._view(root.fs, root.default["subvol"])
+        tree.mount("/", root_fs, subdir=root_sub, volume=root.volume)
+        findings.os = self._os(tree)
+        findings.integrity = Integrity.none()
+        fstab = self._fstab(image, tree)
+        units = UnitSet(tree)
+        table, skipped = self._mount_table(image, root, tree, units, fstab)
+        finish(image, findings, self.knowledge, table, tree, units=units, resolve=lenient_resolver(tree))
+        conf = self._config(tree)
+        findings.update = self._update(root, tree, units, conf)
+        findings.distribution = {
+            "name": findings.os.id,
+            "default_snapshot": root.default["number"],
+            "default_from": root.default_from,
+            "subvolume_metadata": root.real,
+            "snapshots": [self._snapshot_row(root, s) for s in root.snapshots],
+            "reboot_method": conf["values"].get("REBOOT_METHOD"),
+            "update_method": conf["values"].get("UPDATE_METHOD"),
+            "root_partition": root.volume.number,
+            "fstab": [{"source": r.source, "target": r.target, "fstype": r.fstype, "options": r.options} for r, _m in fstab],
+            "skipped_mount_units": skipped,
+        }
+
+    def _os(self, tree: OsTree) -> OsIdentity:
+        for rel in _OS_RELEASE:
+            parsed = read_key_values(tree, "/" + rel)
+            if parsed:
+                ident = OsIdentity.from_os_release(parsed, tree.evidence("/" + rel, "os-release of the default snapshot"))
+                ident.name = parsed.get("NAME")
+                break
+        else:
+            ident = OsIdentity()
+        arch, arch_ev = arch_from_tree(tree)
+        ident.arch = arch
+        ident.add_evidence(arch_ev)
+        return ident
+
+    def _fstab(self, image: DiskImage, tree: OsTree) -> list[tuple]:
+        """/etc/fstab rows (parents first) with their resolved sources; what resolves is mounted."""
         try:
-            if tree.exists("/etc/fstab"):
-                fstab_where = "/etc/fstab"
-                rows, _w = parse_fstab(tree.read_text(fstab_where, max_bytes=256 * 1024), fstab_where)
+            rows = parse_fstab(tree.read_text("/etc/fstab", max_bytes=256 * 1024), "/etc/fstab")[0] \
+                if tree.exists("/etc/fstab") else []
         except ImmutoolsError:
             rows = []
-        rows = sorted(rows, key=lambda r: (r.target.count("/"), r.target))
-        matches = {}
-        for row in rows:
+        out = []
+        for row in sorted(rows, key=lambda r: (r.target.count("/"), r.target)):
             if row.fstype == "swap" or row.target == "/" or not row.target.startswith("/"):
+                out.append((row, None))
                 continue
             match = resolve_source_match(row.source, image, None)
-            matches[id(row)] = match
-            if match is None:
-                continue
-            subvol = row.option_value("subvol")
-            target_fs = image.filesystem(match.volume)
+            out.append((row, match))
+            target_fs = image.filesystem(match.volume) if match is not None else None
             if target_fs is None:
                 continue
+            subvol = row.option_value("subvol")
             sub_fs, sub = self._view(target_fs, subvol.strip("/")) if subvol else (target_fs, "/")
             try:
                 tree.mount(resolve_lenient(tree, row.target), sub_fs, subdir=sub, volume=match.volume)
             except ImmutoolsError as exc:
                 image.warn(f"{match.volume.describe()}: cannot mount {subvol or '/'} at {row.target}: {exc}")
-        units = UnitSet(tree)
+        return out
 
+    def _mount_table(self, image: DiskImage, root: Root, tree: OsTree, units: UnitSet, fstab: list[tuple]):
         table = MountTable()
-        snap_ev = evidence(f"{vol.describe()}: {default['subvol']}", f"default snapshot #{default['number']} ({default_from})",
-                           observed=real)
-        root_row = next((r for r in rows if r.target == "/"), None)
+        snap_ev = root.evidence()
+        root_row = next((r for r, _m in fstab if r.target == "/"), None)
         if root_row is not None:
             entry = MountEntry.from_fstab(root_row, tree)
-            entry.volume = vol
+            entry.volume = root.volume
             entry.evidence.append(snap_ev)
             table.add(entry)
         else:
-            table.add(MountEntry("/", vol.describe(), "btrfs", ["ro"], observed=False, volume=vol, evidence=[snap_ev]))
-        etc_dir = tree.exists("/etc")
-        table.add(MountEntry("/etc", f"{default['subvol']}/etc", "btrfs", ["rw"], observed=False, volume=vol,
-                             evidence=[evidence(f"{vol.describe()}: {default['subvol']}/etc", "the snapshot's /etc", etc_dir),
-                                       evidence(k["etc_source"], "nested writable subvolume, synced into the next snapshot", False)]))
-        for row in rows:
+            table.add(MountEntry("/", root.volume.describe(), "btrfs", ["ro"], observed=False, volume=root.volume,
+                                 evidence=[snap_ev]))
+        table.add(MountEntry("/etc", f"{root.default['subvol']}/etc", "btrfs", ["rw"], observed=False, volume=root.volume,
+                             evidence=[evidence(f"{root.volume.describe()}: {root.default['subvol']}/etc", "the snapshot's /etc",
+                                                tree.exists("/etc")),
+                                       evidence(self.knowledge["etc_source"],
+                                                "nested writable subvolume, synced into the next snapshot", False)]))
+        for row, match in fstab:
             if row.target == "/" or row.fstype == "swap" or not row.target.startswith("/"):
                 continue
             entry = MountEntry.from_fstab(row, tree)
-            match = matches.get(id(row))
             if match is not None:
                 entry.volume = match.volume
                 entry.evidence.append(evidence(match.volume.describe(), match.how, match.observed))
             table.add(entry)
-        skipped = add_enabled_mount_units(table, units, tree)
-        if table.get("/run") is None:
-            table.add(MountEntry("/run", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=755"], observed=False,
-                                 evidence=[evidence("systemd API filesystems", "/run is a tmpfs", False)]))
-        paths = path_rows(table, resolve=lambda p: resolve_lenient(tree, p))
-        surface = inventory(tree, None, units).to_report()
+        return table, add_enabled_mount_units(table, units, tree)
 
-        # --- update: transactional-update over snapshots ------------------------------------------
-        tu = k["transactional_update"]
-        conf = dict(tu["defaults"])
-        conf_src = {key: "default" for key in conf}
-        for path in reversed(tu["config"]):          # /usr/etc first, /etc overrides
-            values = read_key_values(tree, path)
-            for key, value in (values or {}).items():
-                conf[key] = value
-                conf_src[key] = path
-        ev = [snap_ev]
+    def _config(self, tree: OsTree) -> dict:
+        """transactional-update.conf: the distribution's defaults, /usr/etc, then /etc overriding."""
+        tu = self.knowledge["transactional_update"]
+        values = dict(tu["defaults"])
+        sources = {key: "default" for key in values}
+        for path in reversed(tu["config"]):
+            for key, value in (read_key_values(tree, path) or {}).items():
+                values[key] = value
+                sources[key] = path
+        return {"values": values, "sources": sources}
+
+    def _update(self, root: Root, tree: OsTree, units: UnitSet, conf: dict) -> Update:
+        tu = self.knowledge["transactional_update"]
+        ev = [root.evidence()]
         for key in ("REBOOT_METHOD", "UPDATE_METHOD"):
-            if conf_src.get(key, "default") != "default":
-                ev.append(tree.evidence(conf_src[key], f"{key}={conf[key]}"))
+            if conf["sources"].get(key, "default") != "default":
+                ev.append(tree.evidence(conf["sources"][key], f"{key}={conf['values'][key]}"))
         timer = units.find(tu["timer"])
         if timer is not None:
             ev.append(tree.evidence(timer.path, "transactional-update timer", follow=False))
-        slot_rows, snap_rows = [], []
-        for s in snaps:
-            sfs, ssub = self._view(fs, s["subvol"])
-            rel = read_key_values(sfs, posixpath.join(ssub, "usr/lib/os-release")) or {}
-            info = self._info(fs, s)
-            slot_rows.append({"name": f"#{s['number']}", "partitions": [vol.number], "version": rel.get("VERSION_ID"),
-                              "active": s is default, "priority": None, "tries": None, "successful": None})
-            snap_rows.append({"number": s["number"], "subvolume": s["subvol"], "version": rel.get("VERSION_ID"),
-                              "default": s is default, "readonly": s["readonly"], **info})
-        update = {
-            "mechanism": "snapshots", "agent": tu["agent"], "channel": None, "server": None, "active_slot": None,
-            "slots": slot_rows, "atomic": True, "rollback": tu["rollback"],
-            "timer_enabled": units.enablement(tu["timer"]).enabled if timer is not None else False,
-            "config": conf, "evidence": ev,
-        }
-        os_rel = read_key_values(tree, "/usr/lib/os-release") or read_key_values(tree, "/etc/os-release") or {}
-        arch, arch_ev = arch_from_tree(tree)
-        os_section = {
-            "id": os_rel.get("ID"), "name": os_rel.get("NAME"), "version": os_rel.get("VERSION_ID"),
-            "variant": os_rel.get("VARIANT_ID"), "arch": arch, "pretty_name": os_rel.get("PRETTY_NAME"),
-            "build_id": os_rel.get("BUILD_ID"),
-            "evidence": [tree.evidence("/usr/lib/os-release", "os-release of the default snapshot")] + ([arch_ev] if arch_ev else []),
-        }
-        distribution = {
-            "name": os_rel.get("ID"),
-            "default_snapshot": default["number"],
-            "default_from": default_from,
-            "subvolume_metadata": real,
-            "snapshots": snap_rows,
-            "reboot_method": conf.get("REBOOT_METHOD"),
-            "update_method": conf.get("UPDATE_METHOD"),
-            "root_partition": vol.number,
-            "fstab": [{"source": r.source, "target": r.target, "fstype": r.fstype, "options": r.options} for r in rows],
-            "skipped_mount_units": skipped,
-        }
-        return {"os": os_section, "mounts": table.to_report(), "paths": paths, "update": update,
-                "integrity": {"verity": False, "root_hash": None, "hash_location": None, "verified": None, "evidence": []},
-                "surface": surface, "distribution": distribution}
+        slots = [UpdateSlot(f"#{s['number']}", [root.volume.number], self._snapshot_version(root, s), s is root.default)
+                 for s in root.snapshots]
+        return Update(mechanism="snapshots", agent=tu["agent"], slots=slots, rollback=tu["rollback"], evidence=ev,
+                      extra={"atomic": True,
+                             "timer_enabled": units.enablement(tu["timer"]).enabled if timer is not None else False,
+                             "config": conf["values"]})
+
+    def _snapshot_version(self, root: Root, snap: dict) -> str | None:
+        sfs, ssub = self._view(root.fs, snap["subvol"])
+        return (read_key_values(sfs, posixpath.join(ssub, _OS_RELEASE[0])) or {}).get("VERSION_ID")
+
+    def _snapshot_row(self, root: Root, snap: dict) -> dict:
+        return {"number": snap["number"], "subvolume": snap["subvol"], "version": self._snapshot_version(root, snap),
+                "default": snap is root.default, "readonly": snap["readonly"], **self._info(root.fs, snap)}
