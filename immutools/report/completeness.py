@@ -118,7 +118,8 @@ def evaluate(report: dict, knowledge: dict | None, explanations: dict | None = N
     """Each guaranteed fact of ``knowledge`` (a distribution file) checked against ``report``."""
     explanations = explanations or {}
     version = (report.get("os") or {}).get("version")
-    result = Completeness(knowledge.get("id") if knowledge else None)
+    result = Completeness(knowledge.get("id") if knowledge else None,
+                          distribution_name=knowledge.get("name") if knowledge else None)
     for fact in guaranteed_facts(knowledge, version):
         name = fact["fact"]
         if name.startswith("mount "):

@@ -208,6 +208,7 @@ class Completeness:
 
     distribution: str | None
     facts: list[FactStatus] = field(default_factory=list)
+    distribution_name: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for f in self.facts if f.status == status)
@@ -224,6 +225,7 @@ class Completeness:
         return {
             "status": self.status,
             "distribution": self.distribution,
+            "distribution_name": self.distribution_name,
             "expected": len(self.facts),
             "observed": self.count("observed"),
             "inferred": self.count("inferred"),

@@ -221,6 +221,6 @@ class OstreeCollector(Collector):
             "partition_types": kinds[0] if kinds and len(set(kinds)) == 1 else ("mixed" if kinds else None),
             "first_boot_flag": first_boot,
             "disk_guid": image.table.disk_guid,
-            "pristine": bool(first_boot and image.table.disk_guid == coreos["pristine_disk_guid"]),
+            "pristine": image.table.disk_guid == coreos["pristine_disk_guid"] and first_boot,
             "aleph": aleph,
         }
