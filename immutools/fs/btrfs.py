@@ -309,6 +309,29 @@ class BtrfsFileSystem(DissectFileSystem):
                 raise CorruptDataError("more than 65536 xattrs on one inode")
         return out
 
+    # ---- whole-tree metadata -----------------------------------------------------------------
+    def _tables(self):
+        from immutools.fs.btrfs_tables import BtrfsTables
+
+        if getattr(self, "_bulk_tables", None) is None:
+            self._bulk_tables = BtrfsTables(self)
+        return self._bulk_tables
+
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()):
+        """FS tree leaves decoded in bulk (``btrfs_tables.py``) instead of a B-tree search per entry."""
+        start = self._resolve(path, True)
+        with self.errors(path, "walk"):
+            return self._tables().walk_table(path, exclude, start)
+
+    def find_special(self, path: str = "/", exclude: tuple[str, ...] = (), bits: int | None = None):
+        """From the INODE_ITEMs' mode bits first, names only for the hits (``btrfs_tables.py``).
+        Below a path other than the root, the answer of ``walk_table``."""
+        if path.strip("/"):
+            return super().find_special(path, exclude, bits)
+        node = self._root_ref.node
+        with self.errors(path, "find special files"):
+            return self._tables().find_special(node.subvolume.objectid, exclude, bits)
+
     # ---- subvolumes --------------------------------------------------------------------------
     def _subvolume_record(self, subvol) -> dict:
         root_item = subvol.tree.root_item
@@ -363,4 +386,5 @@ class BtrfsFileSystem(DissectFileSystem):
         view._listings = OrderedDict()
         view._root_ref = Ref(subvol.root, "/")
         view.warnings = []
+        view._bulk_tables = None
         return view

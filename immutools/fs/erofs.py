@@ -1061,6 +1061,13 @@ class ErofsFileSystem(FileSystem):
             raise CorruptDataError(f"{name}: LZ4 pcluster at offset {ext.pa} does not decode to {ext.llen} bytes")
         return data
 
+    # ---- whole-tree metadata -----------------------------------------------------------------------
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()):
+        """Inodes and directory blocks decoded a level at a time with numpy (``erofs_tables.py``)."""
+        from immutools.fs.erofs_tables import ErofsTables
+
+        return ErofsTables(self).walk_table(path, exclude, self._resolve(path, True))
+
 
 def _lz4_decode_partial(src: bytes, out_len: int) -> bytes | None:
     """Decode an LZ4 block until ``out_len`` bytes are produced, ignoring any input after that

@@ -271,3 +271,15 @@ class SquashFileSystem(DissectFileSystem):
                 raise CorruptDataError("xattr runs past the end of the image")
             out[prefix + name.decode("utf-8", errors="surrogateescape")] = bytes(value)
         return out
+
+    # ---- whole-tree metadata -----------------------------------------------------------------
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()):
+        """Bulk-decoded inode and directory tables (``squashfs_tables.py``) instead of one dissect
+        object per entry."""
+        from immutools.fs.squashfs_tables import SquashTables
+
+        start = self._resolve(path, True)
+        with self.errors(path, "walk"):
+            if getattr(self, "_tables", None) is None:
+                self._tables = SquashTables(self)
+            return self._tables.walk_table(path, exclude, start)

@@ -1,0 +1,226 @@
+"""EROFS inodes and directory blocks decoded in bulk, for whole-tree metadata walks.
+
+Part of our own EROFS reader (``erofs.py`` says why there is no library). The per-entry path builds
+an ``_Inode`` and a ``Stat`` for every entry; here a whole directory level is decoded at once:
+
+* each directory's blocks are read through the reader's own data path (inline tails, multi-block
+  and compressed directories alike) and their ``erofs_dirent`` arrays (le64 nid, le16 nameoff,
+  u8 file_type, u8 reserved; ``nameoff[0] / 12`` entries, names back to back after them, the last
+  one ended by a NUL or the block end) are read as numpy records;
+* the inodes of all entries of the level (at ``meta_blkaddr * block_size + nid * 32``) are
+  gathered from their metadata blocks, read in merged runs, and decoded with numpy: compact 32-byte
+  ``erofs_inode_compact`` and extended 64-byte ``erofs_inode_extended``, chosen per inode by bit 0
+  of ``i_format`` (an extended inode may cross a block boundary; the next block is read with it).
+
+Layouts: linux ``fs/erofs/erofs_fs.h`` (also erofs-utils ``include/erofs_fs.h``). Damage stays
+local: a directory whose blocks do not parse, or an entry whose inode does not decode, is skipped
+with a warning, as the per-entry path would refuse the same data.
+"""
+
+from __future__ import annotations
+
+import stat as stat_mod
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from immutools.errors import ImmutoolsError, LimitExceededError
+from immutools.fs.bulk import Frontier, Level, breadth_first_table, empty_table, gather_le, padded
+from immutools.fs.table import EntryTable
+
+if TYPE_CHECKING:
+    from immutools.fs.erofs import ErofsFileSystem
+
+DIRENT = np.dtype([("nid", "<u8"), ("nameoff", "<u2"), ("file_type", "u1"), ("reserved", "u1")])
+I_ALL_BITS = 0x1F
+I_VERSION_EXTENDED = 0x1
+I_NLINK_1_BIT = 0x10
+CHUNK_BASED = 4
+MAX_WARNINGS_PER_LEVEL = 5
+READ_GAP_BLOCKS = 8          # read through gaps this small between wanted metadata blocks
+_IFMT_OK = np.array([stat_mod.S_IFREG, stat_mod.S_IFDIR, stat_mod.S_IFLNK, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
+                     stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
+_IFMT_SPECIAL = np.array([stat_mod.S_IFCHR, stat_mod.S_IFBLK, stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
+
+
+class ErofsTables:
+    def __init__(self, fs: "ErofsFileSystem"):
+        self.fs = fs
+        self.warnings = fs.warnings
+
+    # ---- inodes -------------------------------------------------------------------------------
+    def _inode_windows(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 64 bytes at each of ``pos`` as rows of an (n, 64) array (zeros past the image end),
+        read in runs of nearby metadata blocks; and whether each inode's first 32 bytes exist."""
+        fs = self.fs
+        bs = fs.block_size
+        size = fs.source.size
+        out = np.zeros((len(pos), 64), dtype=np.uint8)
+        present = (pos >= 0) & (pos + 32 <= size)
+        order = np.argsort(pos, kind="stable")
+        order = order[present[order]]
+        if not len(order):
+            return out, present
+        spos = pos[order]
+        first, last = spos // bs, (spos + 63) // bs
+        # Runs of wanted blocks, reading through gaps of up to READ_GAP_BLOCKS blocks.
+        breaks = np.flatnonzero(first[1:] - last[:-1] > READ_GAP_BLOCKS) + 1
+        bounds = np.concatenate([[0], breaks, [len(spos)]]).tolist()
+        cols = np.arange(64, dtype=np.int64)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            lo, hi = int(first[a]) * bs, min(int(last[a:b].max()) * bs + bs, size)
+            data = np.frombuffer(fs.source.read_at(lo, hi - lo).ljust(hi - lo + 64, b"\0"), dtype=np.uint8)
+            out[order[a:b]] = data[(spos[a:b] - lo)[:, None] + cols]
+        return out, present
+
+    def decode_inodes(self, nids: np.ndarray) -> dict[str, np.ndarray]:
+        fs = self.fs
+        bs = fs.block_size
+        size = fs.source.size
+        pos = fs.meta_base + nids.astype(np.int64) * 32
+        ok = (nids < (1 << 58)) & (pos >= 0)
+        pos = np.where(ok, pos, 0)
+        win, present = self._inode_windows(pos)
+        ok &= present
+
+        def field(offset: int, width: int) -> np.ndarray:
+            return np.ascontiguousarray(win[:, offset: offset + width]).view(f"<u{width}").reshape(-1)
+
+        ifmt = field(0, 2)
+        icount = field(2, 2)
+        mode = field(4, 2).astype(np.uint32)
+        i_nb = field(6, 2)
+        extended = (ifmt & I_VERSION_EXTENDED) != 0
+        # An extended inode's second half lies in the next block when it crosses one; the buffer
+        # holds that block right after (both were wanted), unless the image ends first.
+        ok &= ~extended | (pos + 64 <= size)
+        ok &= (ifmt & np.uint16(0xFFFF & ~I_ALL_BITS)) == 0
+        ok &= ((ifmt >> 1) & 7) <= CHUNK_BASED
+        ifmt_type = mode & np.uint32(0o170000)
+        ok &= np.isin(ifmt_type, _IFMT_OK)
+        c_size = field(8, 4).astype(np.uint64)
+        e_size = field(8, 8)
+        c_uid = field(24, 2).astype(np.uint32)
+        c_gid = field(26, 2).astype(np.uint32)
+        e_uid = field(24, 4)
+        e_gid = field(28, 4)
+        e_nlink = field(44, 4)
+        is_dir = ifmt_type == stat_mod.S_IFDIR
+        c_nlink = np.where(~is_dir & ((ifmt & I_NLINK_1_BIT) != 0), 1, i_nb).astype(np.uint32)
+        fsize = np.where(extended, e_size, c_size)
+        # Device, fifo and socket inodes carry no data (the reader refuses a size there).
+        ok &= ~(np.isin(ifmt_type, _IFMT_SPECIAL) & (fsize != 0))
+        xattr_isize = np.where(icount == 0, 0, 12 + 4 * (icount.astype(np.int64) - 1))
+        ok &= pos + np.where(extended, 64, 32) + xattr_isize <= size
+        return {
+            "ok": ok,
+            "mode": mode,
+            "uid": np.where(extended, e_uid, c_uid).astype(np.uint32),
+            "gid": np.where(extended, e_gid, c_gid).astype(np.uint32),
+            "size": fsize.astype(np.uint64),
+            "nlink": np.where(extended, e_nlink, c_nlink).astype(np.uint32),
+            "inode": nids.astype(np.uint64),
+        }
+
+    # ---- directories --------------------------------------------------------------------------
+    def _listings(self, frontier: list[Frontier]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+        """Names, nids and frontier slots of the entries of every directory in ``frontier``
+        (without "." and ".."), their dirent blocks decoded together."""
+        fs = self.fs
+        bs = fs.block_size
+        chunks: list[bytes] = []
+        chunk_slot: list[int] = []
+        for slot, item in enumerate(frontier):
+            try:
+                ino = fs._inode(item.handle)
+                if ino.size > fs.limits.max_file_read:
+                    raise LimitExceededError(f"erofs: {item.path}: directory of {ino.size} bytes")
+                data = fs._read_data(ino, 0, ino.size)
+            except LimitExceededError:
+                raise
+            except ImmutoolsError as exc:
+                self.warnings.append(f"erofs: {item.path}: directory unreadable ({exc}); skipped")
+                continue
+            for start in range(0, len(data), bs):
+                chunks.append(data[start: start + bs])
+                chunk_slot.append(slot)
+        if not chunks:
+            return [], np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        blob = b"".join(chunks)
+        buf = padded(blob)
+        lengths = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        block_slot = np.asarray(chunk_slot, dtype=np.int64)
+        first = gather_le(buf, starts + 8, 2).astype(np.int64)
+        bad_block = (lengths < 12) | (first < 12) | (first >= lengths) | (first % 12 != 0)
+        counts = np.where(bad_block, 0, first // 12)
+        total = int(counts.sum())
+        block_of = np.repeat(np.arange(len(chunks)), counts)
+        index_in_block = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        dpos = starts[block_of] + 12 * index_in_block
+        nids = gather_le(buf, dpos, 8)
+        name_start = starts[block_of] + gather_le(buf, dpos + 8, 2).astype(np.int64)
+        name_end = np.empty_like(name_start)
+        name_end[:-1] = name_start[1:]
+        # The last name of a block ends at a NUL or at the block's end.
+        last = np.cumsum(counts)[counts > 0] - 1
+        block_end = starts + lengths
+        for i in last.tolist():
+            b = int(block_of[i])
+            nul = blob.find(b"\0", int(name_start[i]), int(block_end[b]))
+            name_end[i] = nul if nul >= 0 else block_end[b]
+        name_len = name_end - name_start
+        bad_entry = (name_len < 1) | (name_len > 255) | (name_end > block_end[block_of])
+        heads = np.cumsum(counts)[counts > 0] - counts[counts > 0]
+        bad_entry[heads] |= name_start[heads] - starts[block_of[heads]] != first[block_of[heads]]
+        bad_block[np.unique(block_of[bad_entry])] = True
+        bad_slots = set(block_slot[bad_block].tolist())
+        for slot in sorted(bad_slots)[:MAX_WARNINGS_PER_LEVEL]:
+            self.warnings.append(f"erofs: {frontier[slot].path}: directory block does not parse; directory skipped")
+        if len(bad_slots) > MAX_WARNINGS_PER_LEVEL:
+            self.warnings.append(f"erofs: {len(bad_slots) - MAX_WARNINGS_PER_LEVEL} more damaged directories skipped")
+        entry_slot = block_slot[block_of]
+        keep = np.ones(total, dtype=bool)
+        if bad_slots:
+            keep &= ~np.isin(entry_slot, np.fromiter(bad_slots, dtype=np.int64))
+        # "." and "..": sorted like any name, so look at the one- and two-byte names only.
+        for i in np.flatnonzero(keep & (name_len <= 2)).tolist():
+            if blob[int(name_start[i]): int(name_end[i])] in (b".", b".."):
+                keep[i] = False
+        sel = np.flatnonzero(keep)
+        names = [blob[a:b] for a, b in zip(name_start[sel].tolist(), name_end[sel].tolist())]
+        return names, nids[sel], entry_slot[sel]
+
+    def expand(self, frontier: list[Frontier]) -> Level:
+        names_raw, nids, slots = self._listings(frontier)
+        if len(names_raw) > self.fs.limits.max_walk_entries:
+            raise LimitExceededError(f"erofs walk: more than {self.fs.limits.max_walk_entries} entries")
+        if not names_raw:
+            return Level.empty()
+        names = [n.decode("utf-8", "surrogateescape") for n in names_raw]
+        ino = self.decode_inodes(nids)
+        good = ino["ok"].copy()
+        bad_names = [i for i, n in enumerate(names) if "/" in n]
+        if bad_names:
+            good[bad_names] = False
+        if not good.all():
+            bad = np.flatnonzero(~good)
+            for i in bad[:MAX_WARNINGS_PER_LEVEL]:
+                why = "invalid name" if i in bad_names else f"inode (nid {int(nids[i])}) does not decode"
+                self.warnings.append(f"erofs: {frontier[int(slots[i])].path.rstrip('/')}/{names[i]!r}: {why}, skipped")
+            if len(bad) > MAX_WARNINGS_PER_LEVEL:
+                self.warnings.append(f"erofs: {len(bad) - MAX_WARNINGS_PER_LEVEL} more damaged entries skipped")
+        keep = np.flatnonzero(good)
+        all_good = len(keep) == len(names)
+        pick = (lambda a: a) if all_good else (lambda a: a[keep])
+        level = Level(slot=pick(slots), names=names if all_good else [names[i] for i in keep],
+                      mode=pick(ino["mode"]), uid=pick(ino["uid"]), gid=pick(ino["gid"]), size=pick(ino["size"]),
+                      inode=pick(ino["inode"]), nlink=pick(ino["nlink"]))
+        dir_rows = np.flatnonzero((level.mode & np.uint32(0o170000)) == stat_mod.S_IFDIR)
+        level.dirs = [(int(r), int(n), int(n)) for r, n in zip(dir_rows, level.inode[dir_rows])]
+        return level
+
+    def walk_table(self, path: str, exclude, start_nid: int) -> EntryTable:
+        if not stat_mod.S_ISDIR(self.fs._inode(start_nid).mode):
+            return empty_table(path)
+        return breadth_first_table(self.fs, path, exclude, start_nid, start_nid, self.expand)
