@@ -74,8 +74,10 @@ class MetadataTable:
                 try:
                     payload = decompress(codec, payload, METADATA_SIZE, what=f"{what} metadata block")
                 except CorruptDataError as exc:
-                    warnings.append(f"squashfs: {what}: metadata block at +{pos}: {exc}; table ends there")
-                    break
+                    # The next block's header is still where the size says: keep going, with zeros
+                    # (inode type 0, no entries) where this block's contents would be.
+                    warnings.append(f"squashfs: {what}: metadata block at +{pos}: {exc}")
+                    payload = bytes(METADATA_SIZE)
             starts[pos] = len(out)
             out += payload
             pos += 2 + size
