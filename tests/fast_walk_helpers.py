@@ -129,12 +129,14 @@ def open_image(path: Path):
     return open_filesystem(FileSource(path))
 
 
-def damaged_walks(image: Path, work: Path, region: tuple[int, int], seeds: range, flips: int = 30) -> list[str]:
-    """Flip bytes inside ``region`` (offset, length) of copies of ``image``; every open, walk_table
-    and find_special must end within seconds with a table or one of our errors. Returns what
-    happened per seed (warnings seen or the error), for the caller to check that damage showed."""
-    start, length = region
-    blocks = list(range(start - start % 512, start + length, 512))
+def region_blocks(start: int, length: int) -> list[int]:
+    return list(range(start - start % 512, start + length, 512))
+
+
+def damaged_walks(image: Path, work: Path, blocks: list[int], seeds: range, flips: int = 30) -> list[str]:
+    """Flip bytes inside the 512-byte ``blocks`` (offsets) of copies of ``image``; every open,
+    walk_table and find_special must end within seconds with a table or one of our errors. Returns
+    what happened per seed (warnings seen or the error), for the caller to check damage showed."""
     outcomes = []
     for seed in seeds:
         copy = work / f"damaged-{seed}{image.suffix}"
