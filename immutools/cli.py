@@ -22,6 +22,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="never show a decompression progress bar")
     p.add_argument("--progress", dest="progress", action="store_const", const=True,
                    help="always show a decompression progress bar on stderr")
+    _add_cache_options(p, default=argparse.SUPPRESS)
+
+
+def _add_cache_options(p: argparse.ArgumentParser, default) -> None:
+    """--cache-dir/--no-cache: accepted before and after the command (a subcommand's SUPPRESS
+    default keeps it from resetting a value given before the command)."""
+    p.add_argument("--cache-dir", metavar="DIR", default=default,
+                   help="decompression cache directory (default: $IMMUTOOLS_CACHE_DIR, else $XDG_CACHE_HOME/immutools)")
+    p.add_argument("--no-cache", action="store_true", default=default,
+                   help="decompress compressed images into a temporary file instead of the cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure how immutable an operating system is, offline, from its disk image.",
     )
     parser.add_argument("--version", action="version", version=f"immutools {__version__}")
+    _add_cache_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     scan = sub.add_parser("scan", help="scan a disk image and report what is on it")
@@ -277,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from immutools.image.cache import configure
+
+    configure(directory=args.cache_dir, enabled=not args.no_cache)
     try:
         return COMMANDS[args.command](args)
     except ImmutoolsError as exc:

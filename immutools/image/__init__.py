@@ -1,9 +1,10 @@
 """Image access: turn an input file into one random-access virtual disk.
 
 ``open_image(path)`` recognises the input by its bytes (never by its name): a raw disk, a
-whole-file compressed raw disk (gzip, bzip2, xz, zstd, lz4 — decompressed once into a sparse
-temporary file), a virtual-disk container (qcow2, VMDK, VHD, VHDX), or a compressed container
-(``.qcow2.xz``). The input is only ever opened read-only.
+whole-file compressed raw disk (gzip, bzip2, xz, zstd, lz4 — read at random where the format
+indexes itself, else decompressed once into the decompression cache or a sparse temporary file:
+``immutools.image.access``), a virtual-disk container (qcow2, VMDK, VHD, VHDX), or a compressed
+container (``.qcow2.xz``). The input is only ever opened read-only.
 
 Read accounting (``ReadStats``): ``bytes_read`` counts bytes read from files — the input file
 (for compressed input this includes the one full pass of decompression), VMDK extent files and
@@ -43,6 +44,10 @@ class OpenedImage:
     warnings: list[str] = field(default_factory=list)
     # Logical sector size the container declares (VHDX may say 4096); None when it says nothing.
     sector_size: int | None = None
+    # Compressed input: "random" (blocks decoded as reads touch them) or "decompressed" (whole);
+    # None for uncompressed input. cache: "hit" | "stored" | "not-stored" | "off" | None.
+    access: str | None = None
+    cache: str | None = None
     _resources: list = field(default_factory=list, repr=False, compare=False)
 
     def close(self) -> None:
@@ -76,12 +81,16 @@ def open_image(
     progress: bool | None = None,
     stats: ReadStats | None = None,
     tmpdir: str | None = None,
+    cache=None,
+    random_access: bool = True,
 ) -> OpenedImage:
     """Open ``path`` as a virtual disk. See the module docstring for what is recognised.
 
     ``progress``: None shows a progress line on a terminal when decompression takes over a
     second; True forces it; False disables it. ``tmpdir``: where a compressed image is
-    decompressed (default ``$TMPDIR``).
+    decompressed when it is not cached (default ``$TMPDIR``). ``cache``: None uses the process
+    default (``immutools.image.cache.configure``, ``$IMMUTOOLS_CACHE_DIR``), False none, or a
+    directory. ``random_access``: False always decompresses whole.
     """
     path = os.fspath(path)
     stats = stats if stats is not None else ReadStats()
@@ -106,16 +115,20 @@ def open_image(
         decompressed_bytes = 0
         warnings: list[str] = []
         base: ByteSource = src
+        access = cache_state = None
         if kind == COMPRESSED:
-            from immutools.image.compressed import decompress_to_temp
+            from immutools.image.access import open_compressed
 
-            base, more = decompress_to_temp(
-                src, fmt, display=path, limits=limits, progress=progress, stats=stats, tmpdir=tmpdir
+            opened_c = open_compressed(
+                src, fmt, display=path, limits=limits, progress=progress, stats=stats, tmpdir=tmpdir, cache=cache,
+                random_access=random_access,
             )
+            base = opened_c.source
             resources.append(base)
-            warnings += more
+            warnings += opened_c.warnings
             compression = fmt
-            decompressed_bytes = base.size
+            decompressed_bytes = opened_c.decompressed_bytes
+            access, cache_state = opened_c.access, opened_c.cache
             if base.size == 0:
                 raise UnsupportedImageError(f"{path}: {fmt} data decompresses to an empty file")
             head, tail = _head_tail(base)
@@ -155,6 +168,8 @@ def open_image(
             decompressed_bytes=decompressed_bytes,
             warnings=warnings,
             sector_size=sector_size,
+            access=access,
+            cache=cache_state,
             _resources=resources,
         )
     except BaseException:

@@ -37,6 +37,7 @@ import zlib
 
 from immutools.errors import CorruptDataError, ImageIOError, ImmutoolsError, LimitExceededError, UnsupportedFeatureError
 from immutools.image import magic
+from immutools.image.guard import ExpansionGuard
 from immutools.image.progress import Progress
 from immutools.image.source import ByteSource, ReadStats, pread_all
 from immutools.limits import DEFAULT_LIMITS, Limits
@@ -224,15 +225,39 @@ class _SparseWriter:
             )
         self._next_space_check = self.allocated + FREE_SPACE_CHECK_EVERY
 
-    def write(self, data: bytes) -> None:
-        if self.produced + len(data) > self.limit:
+    def _check_limit(self, n: int) -> None:
+        if self.produced + n > self.limit:
             raise LimitExceededError(
                 f"{self.display}: {self.codec} data decompresses to more than {self.limit} bytes "
                 f"(limit max_decompressed_bytes)"
             )
+
+    def write(self, data: bytes, all_zero: bool = False) -> None:
+        """Append ``data``; ``all_zero`` says the caller already knows it is all zeros."""
+        self._check_limit(len(data))
+        if all_zero and not self._pending and len(data) % SPARSE_BLOCK == 0:
+            self.size += len(data)  # a hole: nothing to copy or write
+            return
         self._pending += data
         if len(self._pending) >= FLUSH_AT:
             self._flush(final=False)
+
+    def zeros(self, n: int) -> None:
+        """Append ``n`` zero bytes without materialising them (a hole where block-aligned)."""
+        self._check_limit(n)
+        if self._pending:
+            head = min(n, (-len(self._pending)) % SPARSE_BLOCK)
+            self._pending += bytes(head)
+            n -= head
+            if self._pending and len(self._pending) % SPARSE_BLOCK == 0:
+                self._flush(final=False)
+        if self._pending:  # still unaligned: n was small
+            self._pending += bytes(n)
+            return
+        whole = n - n % SPARSE_BLOCK
+        self.size += whole
+        if n - whole:
+            self._pending += bytes(n - whole)
 
     def _flush(self, final: bool) -> None:
         buf = self._pending
@@ -303,7 +328,8 @@ def _release_temp(state: dict) -> None:
 
 
 class DecompressedSource(ByteSource):
-    """Random access to the decompressed temporary file; closing it frees the disk space."""
+    """Random access to a decompressed file (temporary or a cache entry); closing it frees a
+    temporary file's disk space."""
 
     def __init__(self, fd: int, size: int, name: str, stats: ReadStats | None, path: str | None):
         super().__init__(size, stats)
@@ -329,6 +355,20 @@ class DecompressedSource(ByteSource):
         super().close()
 
 
+def open_temp(directory: str) -> tuple[int, str | None]:
+    """An anonymous file in ``directory``: (fd, path to remove on close or None if already unlinked)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="immutools-", suffix=".decompressed", dir=directory)
+    except OSError as exc:
+        raise ImageIOError(f"cannot create a temporary file in {directory}: {exc.strerror}") from None
+    try:
+        os.unlink(path)
+        path = None
+    except OSError:  # e.g. Windows: cannot unlink an open file; removed on close instead
+        pass
+    return fd, path
+
+
 def decompress_to_temp(
     src: ByteSource,
     codec: str,
@@ -343,40 +383,122 @@ def decompress_to_temp(
     if codec not in CODECS:
         raise UnsupportedFeatureError(f"{display}: unknown compression {codec}")
     directory = tmpdir or tempfile.gettempdir()
-    try:
-        fd, path = tempfile.mkstemp(prefix="immutools-", suffix=".decompressed", dir=directory)
-    except OSError as exc:
-        raise ImageIOError(f"cannot create a temporary file in {directory}: {exc.strerror}") from None
-    try:
-        os.unlink(path)
-        path = None
-    except OSError:  # e.g. Windows: cannot unlink an open file; removed on close instead
-        pass
+    fd, path = open_temp(directory)
     state = {"fd": fd, "path": path}
-    bar = Progress(f"decompressing {os.path.basename(display)} ({codec})", src.size, progress)
-    writer = None
     try:
-        writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
-        warnings = _decode(src, codec, writer, display, bar)
-        size = writer.finish()
+        size, warnings = decompress_into(
+            src, codec, fd, display=display, directory=directory, limits=limits, progress=progress, stats=stats
+        )
         source = DecompressedSource(fd, size, f"{display} ({codec}-decompressed)", stats, path)
     except BaseException:
         _release_temp(state)
         raise
+    return source, warnings
+
+
+def decompress_into(
+    src: ByteSource,
+    codec: str,
+    fd: int,
+    *,
+    display: str,
+    directory: str,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: bool | None = None,
+    stats: ReadStats | None = None,
+) -> tuple[int, list[str]]:
+    """Decompress all of ``src`` into the empty file ``fd`` (sparse), guarded against bombs.
+
+    Returns (decompressed size, warnings). gzip goes through rapidgzip's parallel decoder when it
+    is installed and the input decodes cleanly with it; anything it rejects is decoded again by the
+    standard-library path, which gives the precise error or warning.
+    """
+    if codec not in CODECS:
+        raise UnsupportedFeatureError(f"{display}: unknown compression {codec}")
+    bar = Progress(f"decompressing {os.path.basename(display)} ({codec})", src.size, progress)
+    writer = None
+    try:
+        if codec == "gzip" and getattr(src, "path", None):
+            writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
+            guard = ExpansionGuard(display, codec, limits)
+            if _decode_rapidgzip(src, writer, guard, bar):
+                guard.finish()
+                return writer.finish(), []
+            _reset(fd)
+        writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
+        guard = ExpansionGuard(display, codec, limits)
+        warnings = _decode(src, codec, writer, guard, display, bar)
+        guard.finish()
+        return writer.finish(), warnings
     finally:
         bar.close()
         if stats is not None and writer is not None:
             stats.bytes_decompressed += writer.produced
-    return source, warnings
 
 
-def _decode(src: ByteSource, codec: str, writer: _SparseWriter, display: str, bar: Progress) -> list[str]:
+def _reset(fd: int) -> None:
+    try:
+        os.ftruncate(fd, 0)
+    except OSError as exc:
+        raise ImageIOError(f"cannot reset the decompressed copy: {exc.strerror}") from None
+
+
+# rapidgzip decodes ahead in chunks of this much compressed input; deflate expands at most 1032:1,
+# so a chunk holds at most ~264 MiB of output (its default, 4 MiB, held 2.9 GiB on an 8 GiB
+# Flatcar image of zeros).
+RAPIDGZIP_CHUNK = 256 * 1024
+
+
+def _decode_rapidgzip(src: ByteSource, writer: "_SparseWriter", guard: ExpansionGuard, bar: Progress) -> bool:
+    """Parallel gzip decoding; False when rapidgzip is missing or did not consume the input cleanly."""
+    try:
+        import rapidgzip
+    except ImportError:
+        return False
+    try:
+        reader = rapidgzip.RapidgzipFile(src.path, parallelization=max(1, min(os.cpu_count() or 1, 4)),
+                                         chunk_size=RAPIDGZIP_CHUNK)
+    except Exception:
+        return False
+    try:
+        while True:
+            try:
+                out = reader.read(OUTPUT_CHUNK)
+            except Exception:
+                return False
+            if not out:
+                break
+            guard.data(out)
+            writer.write(out, all_zero=guard.last_was_zero)
+            bar.update(min(src.size, reader.tell_compressed() // 8), writer.produced)
+        # A truncated file reads short without an error: accept only if every input bit was used.
+        complete = reader.tell_compressed() == src.size * 8
+    finally:
+        reader.close()
+    if complete:
+        src.stats.add(src.size)  # rapidgzip read the file itself
+    return complete
+
+
+# Identical compressed members decode to identical output: pbzip2 writes one bzip2 stream per
+# 900 kB of input, so the zero-filled stretches of a disk image are thousands of byte-identical
+# streams. An all-zero member seen once is not decoded again (the comparison is of the member's
+# complete compressed bytes, so it is exact).
+MEMO_MAX_MEMBER = 64 * 1024
+MEMO_MAX_ENTRIES = 64
+MEMO_KEY = 16
+
+
+def _decode(src: ByteSource, codec: str, writer: "_SparseWriter", guard: ExpansionGuard, display: str,
+            bar: Progress) -> list[str]:
     """Feed every member of the input through its decoder into ``writer``; return warnings."""
     warnings: list[str] = []
     in_pos = 0
     members = 0
     pending = b""
     input_done = False
+    memo: dict[bytes, list[tuple[bytes, int]]] = {}
+    memo_count = 0
 
     def read_more() -> bytes:
         nonlocal in_pos, input_done
@@ -398,9 +520,23 @@ def _decode(src: ByteSource, codec: str, writer: _SparseWriter, display: str, ba
             f"{writer.produced} bytes decompressed): {text}"
         )
 
+    def repeated_member() -> int | None:
+        """Output size of a known all-zero member that ``pending`` starts with, else None."""
+        nonlocal pending
+        candidates = memo.get(bytes(pending[:MEMO_KEY]))
+        if not candidates:
+            return None
+        for member, out_len in candidates:
+            while len(pending) < len(member) and not input_done:
+                pending += read_more()
+            if pending.startswith(member):
+                pending = pending[len(member):]
+                return out_len
+        return None
+
     while True:
         # Between members: look at the next bytes.
-        while len(pending) < 16 and not input_done:
+        while len(pending) < MEMO_KEY and not input_done:
             pending += read_more()
         if not pending:
             break
@@ -419,6 +555,14 @@ def _decode(src: ByteSource, codec: str, writer: _SparseWriter, display: str, ba
             if codec != "xz":
                 warnings.append(f"{display}: {zeros} zero bytes between {codec} streams ignored")
             continue
+        repeated = repeated_member() if memo else None
+        if repeated is not None:
+            guard.member()
+            guard.zeros(repeated)
+            writer.zeros(repeated)
+            members += 1
+            bar.update(in_pos, writer.produced)
+            continue
         decoder = _member_decoder(codec, pending)
         if decoder is None:
             if members == 0:
@@ -426,8 +570,18 @@ def _decode(src: ByteSource, codec: str, writer: _SparseWriter, display: str, ba
             trailing = src.size - in_pos + len(pending)
             warnings.append(f"{display}: {trailing} bytes of trailing data after the {codec} data ignored")
             break
+        guard.member()
+        memoisable = not getattr(decoder, "ends_at_input_end", False)
+        member_bytes = bytearray()  # the first MEMO_MAX_MEMBER + 1 bytes fed to this member
+        member_fed = 0
+        member_out = 0
+        member_zero = True
         feed, pending = pending, b""
         while True:
+            if memoisable and feed:
+                if len(member_bytes) <= MEMO_MAX_MEMBER:
+                    member_bytes += feed[: MEMO_MAX_MEMBER + 1 - len(member_bytes)]
+                member_fed += len(feed)
             try:
                 out = decoder.decompress(feed, OUTPUT_CHUNK)
             except ImmutoolsError:
@@ -436,11 +590,21 @@ def _decode(src: ByteSource, codec: str, writer: _SparseWriter, display: str, ba
                 raise fail(exc) from None
             feed = b""
             if out:
-                writer.write(out)
+                guard.data(out)
+                zero = guard.last_was_zero
+                member_zero = member_zero and zero
+                member_out += len(out)
+                writer.write(out, all_zero=zero)
             bar.update(in_pos, writer.produced)
             if decoder.eof:
                 pending = decoder.unused_data or b""
                 members += 1
+                member_len = member_fed - len(pending)
+                if (memoisable and member_zero and member_out and MEMO_KEY <= member_len <= MEMO_MAX_MEMBER
+                        and memo_count < MEMO_MAX_ENTRIES):
+                    member = bytes(member_bytes[:member_len])
+                    memo.setdefault(member[:MEMO_KEY], []).append((member, member_out))
+                    memo_count += 1
                 break
             if decoder.needs_input:
                 feed = read_more()

@@ -149,6 +149,11 @@ class FileSource(ByteSource):
         super().__init__(size, stats)
         self.name = self.path
 
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise ValueError("closed")
+        return self._fd
+
     def _read_at(self, offset: int, length: int) -> bytes:
         return pread_all(self._fd, offset, length, self.path)
 
