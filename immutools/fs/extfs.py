@@ -30,7 +30,7 @@ import struct
 from functools import lru_cache
 from typing import Any, Iterator
 
-from immutools.errors import CorruptDataError, UnsupportedFeatureError
+from immutools.errors import CorruptDataError, NotADirectoryError_, UnsupportedFeatureError
 from immutools.fs.base import Stat
 from immutools.fs.dissect_common import DissectFileSystem, Ref
 from immutools.fs.probe import probe_ext
@@ -60,6 +60,7 @@ READABLE_INCOMPAT = (
     | INCOMPAT_ENCRYPT | INCOMPAT_CASEFOLD
 )
 RO_COMPAT_SPARSE_SUPER = 0x0001
+RO_COMPAT_HUGE_FILE = 0x0008
 COMPAT_SPARSE_SUPER2 = 0x0200
 
 # Inode flags.
@@ -139,6 +140,7 @@ class ExtFileSystem(DissectFileSystem):
         self._inode_struct = lru_cache(4096)(self._parse_inode)
         self._extent_cache: dict[int, list] = {}
         self._pointer_cache: dict[int, tuple] = {}
+        self._bulk = None
         return self._get(ROOT_INO)
 
     def _read_meta_bg_group_desc(self, group: int):
@@ -233,6 +235,77 @@ class ExtFileSystem(DissectFileSystem):
     def _key(self, ref: Ref) -> Any:
         return ref.node.inum
 
+    # ---- whole-tree metadata in bulk (ext4_tables) ------------------------------------------------
+    def _tables(self):
+        if self._bulk is None:
+            from immutools.fs.ext4_tables import Ext4Tables
+
+            with self.errors("/", "read inode tables"):
+                self._bulk = Ext4Tables(self)
+        return self._bulk
+
+    def _start_inode(self, path: str) -> int:
+        ref = self._resolve(path, True)
+        if not self._stat_node(ref).is_dir:
+            raise NotADirectoryError_(f"{path}: not a directory")
+        return ref.node.inum
+
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()):
+        """Bulk version of ``FileSystem.walk_table``: inode tables and directory blocks decoded
+        with numpy (``ext4_tables``)."""
+        start = self._start_inode(path)
+        with self.errors(path, "walk"):
+            return self._tables().walk_table(path, start, tuple(exclude))
+
+    def find_special(self, path: str = "/", exclude: tuple[str, ...] = (), bits: int | None = None):
+        """Bulk version of ``FileSystem.find_special``: the inode tables' modes first; directories
+        are read only when some in-use inode has the bits."""
+        from immutools.fs.table import SPECIAL_BITS
+
+        start = self._start_inode(path)
+        with self.errors(path, "walk"):
+            return self._tables().find_special(path, start, tuple(exclude), SPECIAL_BITS if bits is None else bits)
+
+    def _block_runs(self, inum: int, i_block: bytes, extents: bool, nblocks: int) -> list[tuple[int, int, int | None]]:
+        """(logical, count, physical or None) covering the first ``nblocks`` blocks of an inode,
+        for the bulk directory reader (deep extent trees, indirect maps)."""
+        if extents:
+            runs = []
+            for first, count, physical in self._extent_runs_of(i_block):
+                end = min(first + count, nblocks)
+                if first >= end:
+                    continue
+                if physical is not None and physical + (end - first) > self._fs.block_count:
+                    raise CorruptDataError(f"extent at block {physical} beyond the filesystem")
+                runs.append((first, end - first, physical))
+            return runs
+        words = struct.unpack("<15I", i_block)
+        runs: list[tuple[int, int, int | None]] = []
+        for logical in range(nblocks):
+            physical = self._indirect_block_of(words, logical)
+            if physical is not None and physical >= self._fs.block_count:
+                raise CorruptDataError(f"block {physical} beyond the filesystem")
+            if runs and physical is not None and runs[-1][2] is not None and runs[-1][0] + runs[-1][1] == logical \
+                    and runs[-1][2] + runs[-1][1] == physical:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1, runs[-1][2])
+            elif physical is not None:
+                runs.append((logical, 1, physical))
+        return runs
+
+    def max_file_size(self, extents: bool) -> int:
+        """The largest i_size the block addressing can hold (fs/ext4/super.c ext4_max_size and
+        ext4_max_bitmap_size): 2^32 logical blocks with extents; 12 direct + single, double and
+        triple indirect blocks without; without ``huge_file`` also i_blocks' 2^32 sectors."""
+        bs = self._fs.block_size
+        if extents:
+            limit = ((1 << 32) - 1) * bs
+        else:
+            per = bs // 4
+            limit = (12 + per + per**2 + per**3) * bs
+        if not self._fs.sb.s_feature_ro_compat & RO_COMPAT_HUGE_FILE:
+            limit = min(limit, ((1 << 32) - 1) * 512)
+        return limit
+
     # ---- directories -------------------------------------------------------------------------
     def _children(self, ref: Ref) -> Iterator[tuple[str, Any]]:
         node = ref.node
@@ -278,6 +351,12 @@ class ExtFileSystem(DissectFileSystem):
         flags = node.inode.i_flags
         if flags & EXT4_ENCRYPT_FL:
             raise UnsupportedFeatureError("file content is encrypted (fscrypt)")
+        size = self._stat_node(ref).size
+        limit = self.max_file_size(bool(flags & EXT4_EXTENTS_FL))
+        if size > limit and not flags & EXT4_INLINE_DATA_FL:
+            # A size no block map of this filesystem can reach is damage (or a trap: reading it
+            # would produce zeros without end); holes inside a plausible size still read as zeros.
+            raise CorruptDataError(f"file size {size} is beyond the largest this filesystem can address ({limit})")
         if flags & EXT4_INLINE_DATA_FL:
             data = bytes(node.inode.i_block) + self._inline_overflow(node)
             return data[offset : offset + length]
@@ -335,11 +414,20 @@ class ExtFileSystem(DissectFileSystem):
         return bytes(out)
 
     def _extent_runs(self, node) -> list[tuple[int, int, int | None]]:
-        """All (logical block, count, physical block or None for unwritten) of an extent tree
-        (fs/ext4/ext4_extents.h), depth checked at every level, no block visited twice."""
+        """All (logical block, count, physical block or None for unwritten) of a file's extent
+        tree, cached for the last files read."""
         cached = self._extent_cache.get(node.inum)
         if cached is not None:
             return cached
+        runs = self._extent_runs_of(bytes(node.inode.i_block))
+        self._extent_cache[node.inum] = runs
+        while len(self._extent_cache) > 256:
+            self._extent_cache.pop(next(iter(self._extent_cache)))
+        return runs
+
+    def _extent_runs_of(self, i_block: bytes) -> list[tuple[int, int, int | None]]:
+        """The runs of the extent tree rooted in ``i_block`` (fs/ext4/ext4_extents.h), depth
+        checked at every level, no block visited twice."""
         runs: list[tuple[int, int, int | None]] = []
         visited: set[int] = set()
         max_runs = self._fs.block_count + 1
@@ -373,11 +461,8 @@ class ExtFileSystem(DissectFileSystem):
                         raise CorruptDataError(f"extent block {child} beyond the end of the image")
                     walk(block, depth - 1)
 
-        walk(bytes(node.inode.i_block), None)
+        walk(i_block, None)
         runs.sort()
-        self._extent_cache[node.inum] = runs
-        while len(self._extent_cache) > 256:
-            self._extent_cache.pop(next(iter(self._extent_cache)))
         return runs
 
     @staticmethod
@@ -404,8 +489,10 @@ class ExtFileSystem(DissectFileSystem):
         return physical, count
 
     def _indirect_block(self, node, logical: int) -> int | None:
+        return self._indirect_block_of(struct.unpack("<15I", bytes(node.inode.i_block)), logical)
+
+    def _indirect_block_of(self, i_block: tuple[int, ...], logical: int) -> int | None:
         per = self._fs.block_size // 4
-        i_block = struct.unpack("<15I", bytes(node.inode.i_block))
         if logical < 12:
             ptr = i_block[logical]
             return ptr or None

@@ -15,7 +15,7 @@ import stat as stat_mod
 import struct
 from typing import Any, Iterator
 
-from immutools.errors import CorruptDataError, UnsupportedFeatureError
+from immutools.errors import CorruptDataError, NotADirectoryError_, UnsupportedFeatureError
 from immutools.fs.base import Stat
 from immutools.fs.dissect_common import DissectFileSystem, Ref, read_stream
 from immutools.image.source import ByteSource
@@ -51,6 +51,7 @@ class XfsFileSystem(DissectFileSystem):
             raise CorruptDataError(f"xfs: implausible block size {self._fs.block_size} / inode size {sb.sb_inodesize}")
         self.label = self._fs.name or None
         self.uuid = str(self._fs.uuid)
+        self._bulk = None
         return self._fs.root
 
     def _make_stat(self, ref: Ref) -> Stat:
@@ -78,7 +79,9 @@ class XfsFileSystem(DissectFileSystem):
         return ref.node.inum
 
     def _children(self, ref: Ref) -> Iterator[tuple[str, Any]]:
-        node = ref.node
+        return self._children_of(ref.node)
+
+    def _children_of(self, node) -> Iterator[tuple[str, Any]]:
         if node.inode.di_format == FMT_LOCAL:
             # Shortform directory inside the inode: dissect reads these correctly.
             for child in node.iterdir():
@@ -91,10 +94,11 @@ class XfsFileSystem(DissectFileSystem):
             raise CorruptDataError(f"directory size {node.size} beyond the 32 GiB data section")
         yield from self._block_dir_entries(node)
 
-    def _block_dir_entries(self, node) -> Iterator[tuple[str, Any]]:
+    def _block_dir_entries(self, node, only_blocks: list[int] | None = None) -> Iterator[tuple[str, Any]]:
         """Entries of a block/leaf/node directory's data blocks (xfs_da_format.h). dissect walks
         these per filesystem block, which breaks when directory blocks are larger (mkfs.xfs -b
-        size=1024 keeps 4 KiB directory blocks)."""
+        size=1024 keeps 4 KiB directory blocks). ``only_blocks``: just these directory blocks
+        (for the bulk reader, which leaves blocks split across extents to this one)."""
         xfs = self._fs
         fsb = xfs.block_size
         dir_block = fsb << xfs.sb.sb_dirblklog
@@ -115,6 +119,8 @@ class XfsFileSystem(DissectFileSystem):
         for first, physical, count in mapped:
             start = -(-first // per_dir_block) * per_dir_block
             for lblock in range(start, min(first + count, data_blocks * per_dir_block), per_dir_block):
+                if only_blocks is not None and lblock // per_dir_block not in only_blocks:
+                    continue
                 if lblock + per_dir_block > first + count:
                     # A directory block split across extents: read it through the run list.
                     block = read_stream(node.open(), lblock * fsb, dir_block)
@@ -158,6 +164,36 @@ class XfsFileSystem(DissectFileSystem):
 
     def _read_file(self, ref: Ref, offset: int, length: int) -> bytes:
         return read_stream(ref.node.open(), offset, length)
+
+    # ---- whole-tree metadata in bulk (xfs_tables) -------------------------------------------------
+    def _tables(self):
+        if self._bulk is None:
+            from immutools.fs.xfs_tables import XfsTables
+
+            self._bulk = XfsTables(self)
+        return self._bulk
+
+    def _start_inode(self, path: str) -> int:
+        ref = self._resolve(path, True)
+        if not self._stat_node(ref).is_dir:
+            raise NotADirectoryError_(f"{path}: not a directory")
+        return ref.node.inum
+
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()):
+        """Bulk version of ``FileSystem.walk_table``: inode chunks from the inode btrees and
+        directories decoded with numpy (``xfs_tables``)."""
+        start = self._start_inode(path)
+        with self.errors(path, "walk"):
+            return self._tables().walk_table(path, start, tuple(exclude))
+
+    def find_special(self, path: str = "/", exclude: tuple[str, ...] = (), bits: int | None = None):
+        """Bulk version of ``FileSystem.find_special``: modes of the in-use inodes first;
+        directories are read only when some inode has the bits."""
+        from immutools.fs.table import SPECIAL_BITS
+
+        start = self._start_inode(path)
+        with self.errors(path, "walk"):
+            return self._tables().find_special(path, start, tuple(exclude), SPECIAL_BITS if bits is None else bits)
 
     def _link_target(self, ref: Ref) -> str:
         if ref.node.size > 1024:  # XFS_SYMLINK_MAXLEN
