@@ -19,12 +19,15 @@ from __future__ import annotations
 import posixpath
 import stat as stat_mod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from immutools.errors import FileSystemError, IsADirectoryError_, LimitExceededError, NotADirectoryError_
 from immutools.fs.base import FileSystem, Stat
 from immutools.limits import Limits
 from immutools.report.model import evidence as make_evidence
+
+if TYPE_CHECKING:
+    from immutools.fs.table import EntryTable
 
 
 def normalize(path: str) -> str:
@@ -295,6 +298,194 @@ class OsTree(FileSystem):
                     else:
                         subdirs.append((cpath, child, depth + 1))
             stack.extend(reversed(subdirs))
+
+
+    # ---- whole-tree metadata: each mount's bulk answer, composed -------------------------------
+    def _segments(self, path: str, exclude: tuple[str, ...]) -> tuple[_Ref, list["_Segment"]]:
+        """The filesystems a walk of ``path`` crosses: the start's own mount from ``path`` down,
+        and every visible mount below it that the walk reaches (through directories, not
+        symlinks, not through ``exclude``); each with the directories it must not descend
+        (``exclude`` and the mount points of the mounts on top of it), in its own paths."""
+        start = self._resolve(path, True)
+        base = start.path
+        excluded = [normalize(p) for p in exclude]
+
+        def is_excluded(p: str) -> bool:
+            return any(is_within(p, e) for e in excluded)
+
+        below = sorted((m for m in self.visible_mounts() if m.target != base and is_within(m.target, base)
+                        and not any(is_within(m.target, e) and m.target != e for e in excluded)
+                        and self._reachable(base, m.target)),
+                       key=lambda m: (m.target.count("/"), m.target))
+        segments: list[_Segment] = []
+        if start.mount is not None:
+            segments.append(_Segment(start.mount, base, start.inner_path))
+        # A mount on an excluded directory is still listed (with its root's metadata), not walked.
+        segments += [_Segment(m, m.target, m.subdir, skip=m.target in excluded) for m in below]
+        targets = [m.target for m in self.visible_mounts() if m.target != base and is_within(m.target, base)]
+        for seg in segments:
+            hidden = [p for p in excluded + targets if p != seg.root and is_within(p, seg.root)]
+            seg.exclude = tuple(sorted({seg.mount.inner_path(p) if seg.root == seg.mount.target
+                                        else normalize(posixpath.join(seg.inner, posixpath.relpath(p, seg.root)))
+                                        for p in hidden}))
+        # One filesystem mounted twice, one mount's root inside the other's part (a bind mount:
+        # Bottlerocket's /var inside /local, Ubuntu Core's /etc/ssh inside /writable): each
+        # directory is walked once, under the mount that names it (the other mount lists it as
+        # a directory it does not descend); a second mount of the very same directory is not
+        # descended at all. ``walk_metadata`` keeps whichever it meets first instead.
+        for i, seg in enumerate(segments):
+            if seg.skip:
+                continue
+            for other in segments[:i]:
+                if other.skip or other.mount.fs is not seg.mount.fs:
+                    continue
+                if seg.inner == other.inner:
+                    self.warnings.append(f"{seg.root}: directory already visited at {other.root} (a bind mount), not descended")
+                    seg.skip = True
+                    break
+            if seg.skip:
+                continue
+            for other in segments:
+                if other is seg or other.skip or other.mount.fs is not seg.mount.fs:
+                    continue
+                if other.inner != seg.inner and is_within(other.inner, seg.inner) \
+                        and not any(is_within(other.inner, e) for e in seg.exclude):
+                    seg.exclude = tuple(sorted(set(seg.exclude) | {other.inner}))
+        return start, segments
+
+    def _reachable(self, base: str, target: str) -> bool:
+        """Whether a walk from ``base`` reaches ``target``: every directory between is a
+        directory (or a virtual one), not a symlink."""
+        parts = target[len(base):].strip("/").split("/") if base != "/" else target.strip("/").split("/")
+        cur = base
+        for part in parts[:-1]:
+            cur = _join(cur, part)
+            try:
+                ref = self._resolve(cur, False)
+            except FileSystemError:
+                return False
+            if not self._stat_node(ref).is_dir:
+                return False
+        return True
+
+    def find_special(self, path: str = "/", exclude: tuple[str, ...] = (), bits: int | None = None) -> list[tuple[str, Stat]]:
+        """Regular files with any of ``bits`` (default setuid/setgid) below ``path`` in the
+        composed namespace, sorted by path: each mount's own (bulk) ``find_special``, paths
+        mapped into the tree; directories hidden by a mount on top and ``exclude`` are skipped."""
+        _start, segments = self._segments(path, exclude)
+        out: list[tuple[str, Stat]] = []
+        for seg in segments:
+            if seg.skip:
+                continue
+            for inner, st in seg.mount.fs.find_special(seg.inner, seg.exclude, bits):
+                out.append((seg.outer(inner), st))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()) -> "EntryTable":
+        """Metadata of every entry below ``path`` in the composed namespace as one
+        ``EntryTable``: each mount's own (bulk) ``walk_table``, joined at its mount point (whose
+        row carries the mount's root metadata, as a lookup would), with virtual directories where
+        a mount point's parents are missing below."""
+        import numpy as np
+
+        from immutools.fs.table import EntryTable
+
+        start, segments = self._segments(path, exclude)
+        base = start.path
+        names: list[str] = []
+        count = 0
+        owner: dict[str, tuple[int, int]] = {}          # composed dir -> (segment table index, local row)
+        rows: dict[str, int] = {base: -1}               # composed path -> global row (spine only)
+        patches: dict[int, Stat] = {}                   # global row -> replacement metadata
+        virtual: list[tuple[int, str, Stat]] = []       # pending virtual rows (parent, name, stat)
+        chunks: list[tuple[int, Any, Any]] = []         # (global offset, EntryTable or virtual rows, global parents)
+
+        def find_row(p: str) -> int:
+            """The global row of composed ``p`` (an ancestor or mount point), creating virtual
+            directories where nothing lists it."""
+            if p in rows:
+                return rows[p]
+            parent = posixpath.dirname(p)
+            prow = find_row(parent)
+            name = posixpath.basename(p)
+            found = None
+            if parent in owner:
+                ti, local = owner[parent]
+                offset, table, _gp = chunks[ti]
+                cand = np.flatnonzero(table.parent == local)
+                found = next((int(i) for i in cand if table.names[i] == name), None)
+                if found is not None:
+                    found += offset
+                    st = table.stat(found - offset)
+                    if not st.is_dir and not st.is_symlink:
+                        patches[found] = _VIRTUAL_DIR         # a file where a mount needs a directory
+                    else:
+                        owner[p] = (ti, found - offset)
+            if found is None:
+                nonlocal count
+                found = count
+                count += 1
+                chunks.append((found, [(prow, name, _VIRTUAL_DIR)], None))
+            rows[p] = found
+            return found
+
+        for seg in segments:
+            if seg.root != base:
+                target_row = find_row(seg.root)
+                patches[target_row] = seg.mount.fs._stat_node(seg.mount.root_ref)
+            else:
+                target_row = -1
+            if seg.skip:
+                continue
+            table = seg.mount.fs.walk_table(seg.inner, seg.exclude)
+            offset = count
+            chunks.append((offset, table, np.where(table.parent < 0, target_row, table.parent + offset)))
+            owner[seg.root] = (len(chunks) - 1, -1)
+            count += len(table)
+            if count > self.limits.max_walk_entries:
+                raise LimitExceededError(f"walk of {path}: more than {self.limits.max_walk_entries} entries")
+        # Assemble (chunks are in row order).
+        cols = {k: [] for k in ("parent", "mode", "uid", "gid", "size", "inode", "nlink")}
+        warnings: list[str] = []
+        for _offset, chunk, global_parent in chunks:
+            if isinstance(chunk, list):
+                for prow, name, st in chunk:
+                    names.append(name)
+                    for k, v in (("parent", prow), ("mode", st.mode), ("uid", st.uid), ("gid", st.gid),
+                                 ("size", st.size), ("inode", st.inode or 0), ("nlink", st.nlink)):
+                        cols[k].append(np.asarray([v]))
+                continue
+            names.extend(chunk.names)
+            cols["parent"].append(global_parent)
+            for k in ("mode", "uid", "gid", "size", "inode", "nlink"):
+                cols[k].append(getattr(chunk, k))
+            warnings += chunk.warnings
+        dtypes = {"parent": np.int64, "mode": np.uint32, "uid": np.uint32, "gid": np.uint32, "size": np.uint64,
+                  "inode": np.uint64, "nlink": np.uint32}
+        out = {k: (np.concatenate([np.asarray(c).astype(dtypes[k]) for c in v]) if v else np.zeros(0, dtypes[k]))
+               for k, v in cols.items()}
+        for row, st in patches.items():
+            out["mode"][row], out["uid"][row], out["gid"][row] = st.mode, st.uid, st.gid
+            out["size"][row], out["inode"][row], out["nlink"][row] = max(0, st.size), st.inode or 0, st.nlink or 0
+        return EntryTable(base=base, parent=out["parent"], names=names, mode=out["mode"], uid=out["uid"],
+                          gid=out["gid"], size=out["size"], inode=out["inode"], nlink=out["nlink"], warnings=warnings)
+
+
+@dataclass(eq=False)
+class _Segment:
+    """One mount's share of a composed walk: composed ``root``, the same directory as ``inner``
+    inside the mount's filesystem, and the inner directories not to descend."""
+
+    mount: Mount
+    root: str
+    inner: str
+    exclude: tuple[str, ...] = ()
+    skip: bool = False
+
+    def outer(self, inner_path: str) -> str:
+        rel = inner_path[len(self.inner):].lstrip("/") if self.inner != "/" else inner_path.lstrip("/")
+        return normalize(posixpath.join(self.root, rel)) if rel else self.root
 
 
 def as_tree(fs: FileSystem, volume: Any = None, label: str | None = None) -> OsTree:

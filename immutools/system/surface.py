@@ -6,8 +6,8 @@ From an ``OsTree`` (and, when known, the kernel command line) this lists, each w
 * shells on the default PATH (symlinks followed; one row per real file, with every name for it);
 * an SSH server binary and whether a unit starts it at boot (which unit, pulled in by what);
 * package managers by binary or database, app managers (flatpak) separately;
-* setuid and setgid regular files (a metadata walk: no file contents are read; /proc, /sys, /dev
-  are skipped);
+* setuid and setgid regular files (from each filesystem's inode tables, names resolved only for
+  the hits: no file contents are read; /proc, /sys, /dev are skipped);
 * the SELinux mode: /etc/selinux/config, whether a policy is installed, and kernel command-line
   overrides (``selinux=0``, ``enforcing=``, ``security=``, ``lsm=``), with the trail that decided;
 * the init system (``init=`` on the command line wins, else the kernel's /sbin/init search);
@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import io
 import posixpath
+import stat
 from dataclasses import dataclass, field
 
 from immutools.errors import ImmutoolsError, LimitExceededError
@@ -324,15 +325,11 @@ class _Inventory:
         return [rows[k] for k in sorted(rows)], apps
 
     def special_bits(self) -> tuple[list[dict], list[dict]]:
+        """Setuid and setgid regular files, sorted by path: each filesystem answers from its
+        inode tables (``OsTree.find_special``), names are resolved only for the hits."""
         setuid, setgid = [], []
-
-        def prune(path: str) -> bool:
-            return path in self.skip_trees
-
         try:
-            for path, st in self.tree.walk_metadata("/", prune=prune):
-                if not st.is_file or not (st.is_setuid or st.is_setgid):
-                    continue
+            for path, st in self.tree.find_special("/", exclude=self.skip_trees):
                 row = {"path": path, "mode": f"{st.perm:04o}", "uid": st.uid, "gid": st.gid}
                 if st.is_setuid:
                     setuid.append(row)
@@ -507,9 +504,9 @@ class _Inventory:
             seen.add(real)
             dirs.append(base)
             try:
-                for path, entry in self.tree.walk_metadata(base):
-                    if entry.is_file and path.endswith(MODULE_SUFFIXES):
-                        count += 1
+                table = self.tree.walk_table(base)
+                regular = (table.file_type() == stat.S_IFREG).nonzero()[0]
+                count += sum(1 for i in regular.tolist() if table.names[i].endswith(MODULE_SUFFIXES))
             except ImmutoolsError as exc:
                 self.warnings.append(f"module count under {base} stopped: {exc}")
         configs = self.kernel_configs()
