@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("cat", help="write a file from inside an image to stdout")
     cat.add_argument("image")
     cat.add_argument("location", help="PARTITION:PATH, e.g. 3:/lib/os-release")
+    cat.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                     help="refuse (exit 5) a file larger than N bytes (default: the 64 MiB file-read limit)")
     _add_common(cat)
 
     # Analysis commands (immutools.analysis: pandas and matplotlib, imported only when they run).
@@ -185,16 +187,23 @@ def _print_entry(name: str, st, link_target: str | None) -> None:
 
 def cmd_cat(args) -> int:
     from immutools.disk import DiskImage, require_image
+    from immutools.errors import LimitExceededError
+    from immutools.limits import DEFAULT_LIMITS
 
     require_image(args.image)
     with DiskImage.open(args.image, progress=args.progress) as image:
         spec, path = _split_location(image, args.location)
         _vol, fs = _select_volume(image, spec)
         st = fs.stat(path)
+        # A damaged or hostile size (a sparse file claiming exabytes) must not become an endless
+        # stream of zeros: refuse before writing anything.
+        limit = args.max_bytes if args.max_bytes is not None else DEFAULT_LIMITS.max_file_read
+        if st.size > limit:
+            raise LimitExceededError(f"{path}: {st.size} bytes is more than the {limit}-byte output limit (--max-bytes)")
         out = sys.stdout.buffer
         chunk = 1 << 20
         for off in range(0, st.size, chunk):
-            out.write(fs.read(path, off, min(chunk, st.size - off)))
+            out.write(fs.read(path, off, min(chunk, st.size - off), max_bytes=chunk))
         out.flush()
     return EXIT_OK
 
@@ -202,7 +211,7 @@ def cmd_cat(args) -> int:
 def cmd_verify(args) -> int:
     import json
 
-    from immutools.errors import EXIT_VERIFY_FAILED
+    from immutools.errors import EXIT_NOTHING_TO_VERIFY, EXIT_VERIFY_FAILED
     from immutools.verify import verify_image
 
     result = verify_image(args.image, progress=args.progress)
@@ -210,8 +219,6 @@ def cmd_verify(args) -> int:
     if fmt == "json":
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        if not result["targets"]:
-            sys.stdout.write(f"{args.image}: no verity-protected filesystem found\n")
         for row in result["targets"]:
             line = f"slot {row['slot']} (partition {row['partition']}): {row['status']}"
             if row["status"] == "mismatch":
@@ -224,10 +231,16 @@ def cmd_verify(args) -> int:
             elif row.get("detail"):
                 line += f": {row['detail']}"
             sys.stdout.write(line + "\n")
+        if result["status"] == "nothing-to-verify":
+            sys.stdout.write(f"{args.image}: nothing to verify: {result['reason']}\n")
         for w in result["warnings"]:
             sys.stderr.write(f"immutools: warning: {w}\n")
-    if any(r["status"] in ("mismatch", "error") for r in result["targets"]):
+    if result["status"] == "failed":
         return EXIT_VERIFY_FAILED
+    if result["status"] == "nothing-to-verify":
+        if fmt == "json":
+            sys.stderr.write(f"immutools: nothing to verify: {result['reason']}\n")
+        return EXIT_NOTHING_TO_VERIFY
     return EXIT_OK
 
 
