@@ -184,3 +184,19 @@ def test_directory_loop_is_not_followed(tmp_path):
     table = fs.walk_table("/")
     assert sorted(table.path(i) for i in range(len(table))) == ["/a", "/b"]
     assert any("loop" in w for w in fs.warnings)
+
+
+def test_find_special_does_not_trust_lying_back_references(tmp_path):
+    """The INODE_REF of /usr/bin/su renamed to "sx": the name it gives resolves to nothing, so the
+    answer comes from the directory entries (the full walk), and still names /usr/bin/su."""
+    img = tmp_path / "lying.btrfs"
+    img.write_bytes(build("default").read_bytes())
+    data = bytearray(img.read_bytes())
+    hits = [m.start() for m in re.finditer(re.escape(struct.pack("<H", 2) + b"su"), data)]
+    assert hits  # the INODE_REF (and its DUP mirror): name_len then the name, nothing between
+    for at in hits:
+        data[at + 3] = ord("x")
+    img.write_bytes(bytes(data))
+    fs = open_image(img)
+    assert fs._tables().find_special(fs._root_ref.node.subvolume.objectid, (), None) is None
+    assert [p for p, _ in fs.find_special("/")] == find_special_reference(source_tree())

@@ -330,7 +330,8 @@ class BtrfsFileSystem(DissectFileSystem):
             return super().find_special(path, exclude, bits)
         node = self._root_ref.node
         with self.errors(path, "find special files"):
-            return self._tables().find_special(node.subvolume.objectid, exclude, bits)
+            found = self._tables().find_special(node.subvolume.objectid, exclude, bits)
+        return found if found is not None else super().find_special(path, exclude, bits)
 
     # ---- subvolumes --------------------------------------------------------------------------
     def _subvolume_record(self, subvol) -> dict:

@@ -389,8 +389,14 @@ class BtrfsTables:
             cursor.reset()
         return out
 
-    def find_special(self, root_subvol: int, exclude, bits: int | None) -> list[tuple[str, "Stat"]]:
-        """Mode bits from every INODE_ITEM first; names (INODE_REF chains) only for the hits."""
+    def find_special(self, root_subvol: int, exclude, bits: int | None) -> list[tuple[str, "Stat"]] | None:
+        """Mode bits from every INODE_ITEM first; names (INODE_REF chains) only for the hits.
+
+        INODE_REFs are back references: what the kernel (and ``walk_table``) follows are the
+        DIR_INDEX entries. So each hit's paths are checked: every one must resolve through the
+        directory entries to that inode, and there must be as many as DIR_INDEX entries name the
+        inode. When not (damage, or a crafted image whose back references lie), None: the caller
+        then answers from the full walk."""
         from immutools.fs.base import Stat
 
         bits = SPECIAL_BITS if bits is None else bits
@@ -402,16 +408,34 @@ class BtrfsTables:
             cols = self.columns(subvol_id, names=False)
             hits = np.flatnonzero(((cols.mode & np.uint32(0o170000)) == stat_mod.S_IFREG)
                                   & ((cols.mode & np.uint32(bits)) != 0))
+            if not len(hits):
+                continue
+            entries_to = np.sort(cols.dir_child[cols.dir_ctype == INODE_ITEM])
             for i in hits.tolist():
                 obj = int(cols.ino_obj[i])
                 st = Stat(mode=int(cols.mode[i]), size=int(cols.size[i]), uid=int(cols.uid[i]),
                           gid=int(cols.gid[i]), nlink=int(cols.nlink[i]), inode=obj)
-                for parent, name in self._names_of(subvol_id, obj):
+                expected = int(np.searchsorted(entries_to, obj, "right") - np.searchsorted(entries_to, obj, "left"))
+                links = self._names_of(subvol_id, obj)
+                if len(links) != expected:
+                    return None
+                for parent, name in links:
                     where = self._dir_path(subvol_id, parent, root_subvol, cache)
                     if where is None:
-                        continue
+                        return None
                     full = f"/{where}/{name}" if where else f"/{name}"
+                    if not self._resolves_to(full, subvol_id, obj):
+                        return None
                     if any(full.startswith(e) for e in excluded):
                         continue
                     out.append((full, st))
         return sorted(out, key=lambda t: t[0])
+
+    def _resolves_to(self, path: str, subvol_id: int, objectid: int) -> bool:
+        """Whether ``path`` names that inode when looked up through the directory entries."""
+        try:
+            node = self.fs._resolve(path, False).node
+        except ImmutoolsError:
+            return False
+        subvolume = getattr(node, "subvolume", None)
+        return subvolume is not None and subvolume.objectid == subvol_id and node.inum == objectid

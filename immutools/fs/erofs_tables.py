@@ -35,9 +35,10 @@ DIRENT = np.dtype([("nid", "<u8"), ("nameoff", "<u2"), ("file_type", "u1"), ("re
 I_ALL_BITS = 0x1F
 I_VERSION_EXTENDED = 0x1
 I_NLINK_1_BIT = 0x10
-CHUNK_BASED = 4
+FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
+NULL_ADDR32 = 0xFFFFFFFF
 MAX_WARNINGS_PER_LEVEL = 5
-READ_GAP_BLOCKS = 8          # read through gaps this small between wanted metadata blocks
+READ_GAP = 2048              # bytes: read through gaps this small between wanted inodes
 _IFMT_OK = np.array([stat_mod.S_IFREG, stat_mod.S_IFDIR, stat_mod.S_IFLNK, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
                      stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
 _IFMT_SPECIAL = np.array([stat_mod.S_IFCHR, stat_mod.S_IFBLK, stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
@@ -53,7 +54,6 @@ class ErofsTables:
         """The 64 bytes at each of ``pos`` as rows of an (n, 64) array (zeros past the image end),
         read in runs of nearby metadata blocks; and whether each inode's first 32 bytes exist."""
         fs = self.fs
-        bs = fs.block_size
         size = fs.source.size
         out = np.zeros((len(pos), 64), dtype=np.uint8)
         present = (pos >= 0) & (pos + 32 <= size)
@@ -62,15 +62,19 @@ class ErofsTables:
         if not len(order):
             return out, present
         spos = pos[order]
-        first, last = spos // bs, (spos + 63) // bs
-        # Runs of wanted blocks, reading through gaps of up to READ_GAP_BLOCKS blocks.
-        breaks = np.flatnonzero(first[1:] - last[:-1] > READ_GAP_BLOCKS) + 1
+        # Runs of inodes at most READ_GAP bytes apart, one read each: the bytes the inodes occupy
+        # and the small gaps between them, not whole blocks.
+        breaks = np.flatnonzero(np.diff(spos) > READ_GAP + 64) + 1
         bounds = np.concatenate([[0], breaks, [len(spos)]]).tolist()
-        cols = np.arange(64, dtype=np.int64)
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            lo, hi = int(first[a]) * bs, min(int(last[a:b].max()) * bs + bs, size)
-            data = np.frombuffer(fs.source.read_at(lo, hi - lo).ljust(hi - lo + 64, b"\0"), dtype=np.uint8)
-            out[order[a:b]] = data[(spos[a:b] - lo)[:, None] + cols]
+        starts = spos[bounds[:-1]]
+        ends = np.minimum(spos[np.asarray(bounds[1:]) - 1] + 64, size)
+        read = fs.source.read_at
+        pieces = [read(lo, hi - lo).ljust(hi - lo, b"\0") for lo, hi in zip(starts.tolist(), ends.tolist())]
+        joined = padded(b"".join(pieces))
+        run_at = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
+        run_of = np.repeat(np.arange(len(pieces)), np.diff(bounds))
+        local = run_at[run_of] + (spos - starts[run_of])
+        out[order] = joined[local[:, None] + np.arange(64, dtype=np.int64)]
         return out, present
 
     def decode_inodes(self, nids: np.ndarray) -> dict[str, np.ndarray]:
@@ -120,9 +124,35 @@ class ErofsTables:
             "size": fsize.astype(np.uint64),
             "nlink": np.where(extended, e_nlink, c_nlink).astype(np.uint32),
             "inode": nids.astype(np.uint64),
+            # where a directory's blocks are: data layout, i_u (startblk) and the end of the inode
+            # and its xattrs (an inline tail follows there)
+            "layout": ((ifmt >> 1) & 7).astype(np.int64),
+            "startblk": field(16, 4).astype(np.int64),
+            "meta_end": pos + np.where(extended, 64, 32) + xattr_isize,
         }
 
     # ---- directories --------------------------------------------------------------------------
+    def _directory_bytes(self, item: Frontier) -> bytes:
+        """A directory's contents: FLAT_PLAIN and FLAT_INLINE (the usual layouts) read here with
+        one or two reads; anything else through the reader's own data path."""
+        fs = self.fs
+        nid, layout, size, startblk, meta_end = item.handle
+        if size > fs.limits.max_file_read:
+            raise LimitExceededError(f"erofs: {item.path}: directory of {size} bytes")
+        bs = fs.block_size
+        read = fs.source.read_at
+        data = None
+        if layout == FLAT_INLINE:
+            body = (size + bs - 1) // bs * bs - bs
+            tail = size - body
+            if meta_end % bs + tail <= bs:  # else damaged: let the reader say so
+                data = (read(startblk * bs, body) if body else b"") + read(meta_end, tail)
+        elif layout == FLAT_PLAIN and startblk != NULL_ADDR32:
+            data = read(startblk * bs, size)
+        if data is None or len(data) != size:
+            data = fs._read_data(fs._inode(nid), 0, size)
+        return data
+
     def _listings(self, frontier: list[Frontier]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
         """Names, nids and frontier slots of the entries of every directory in ``frontier``
         (without "." and ".."), their dirent blocks decoded together."""
@@ -132,10 +162,7 @@ class ErofsTables:
         chunk_slot: list[int] = []
         for slot, item in enumerate(frontier):
             try:
-                ino = fs._inode(item.handle)
-                if ino.size > fs.limits.max_file_read:
-                    raise LimitExceededError(f"erofs: {item.path}: directory of {ino.size} bytes")
-                data = fs._read_data(ino, 0, ino.size)
+                data = self._directory_bytes(item)
             except LimitExceededError:
                 raise
             except ImmutoolsError as exc:
@@ -217,10 +244,15 @@ class ErofsTables:
                       mode=pick(ino["mode"]), uid=pick(ino["uid"]), gid=pick(ino["gid"]), size=pick(ino["size"]),
                       inode=pick(ino["inode"]), nlink=pick(ino["nlink"]))
         dir_rows = np.flatnonzero((level.mode & np.uint32(0o170000)) == stat_mod.S_IFDIR)
-        level.dirs = [(int(r), int(n), int(n)) for r, n in zip(dir_rows, level.inode[dir_rows])]
+        src = dir_rows if all_good else keep[dir_rows]
+        level.dirs = [(int(r), (int(n), int(lay), int(sz), int(blk), int(end)), int(n)) for r, n, lay, sz, blk, end in zip(
+            dir_rows, level.inode[dir_rows], ino["layout"][src], ino["size"][src], ino["startblk"][src],
+            ino["meta_end"][src])]
         return level
 
     def walk_table(self, path: str, exclude, start_nid: int) -> EntryTable:
-        if not stat_mod.S_ISDIR(self.fs._inode(start_nid).mode):
+        root = self.fs._inode(start_nid)
+        if not stat_mod.S_ISDIR(root.mode):
             return empty_table(path)
-        return breadth_first_table(self.fs, path, exclude, start_nid, start_nid, self.expand)
+        handle = (start_nid, root.datalayout, root.size, root.i_u, root.meta_end)
+        return breadth_first_table(self.fs, path, exclude, handle, start_nid, self.expand)
