@@ -150,7 +150,7 @@ def declared_size(head: bytes) -> tuple[int, str] | None:
     found = [f for f in found if f[0] > 0]
     if not found:
         return None
-    return max(found)
+    return max(found, key=lambda f: f[0])  # on a tie the first (a GPT before its protective MBR)
 
 
 class ExpansionGuard:
@@ -215,16 +215,15 @@ class ExpansionGuard:
         self._head = bytearray(head[:HEAD_WINDOW])
         self._settle_head()
         self.produced = 0
-        if total > self.limits.max_decompressed_bytes:
-            self._refuse_absolute(total)
         if self.bound is not None and total > self.bound:
             self._refuse_past_bound(total)
-        if self.bound is None:
-            if is_zero(self._head) and total >= self.limits.max_leading_zeros:
-                self._refuse(
-                    f"its index declares {_fmt(total)} and the first {_fmt(len(self._head))} are all zeros "
-                    f"with no disk structure"
-                )
+        if self.bound is None and is_zero(self._head) and total >= self.limits.max_leading_zeros:
+            self._refuse(
+                f"its index declares {_fmt(total)} and the first {_fmt(len(self._head))} are all zeros, "
+                f"with no disk structure"
+            )
+        if total > self.limits.max_decompressed_bytes:
+            self._refuse_absolute(total)
 
     # -- internals ------------------------------------------------------------------------------
     def _settle_head(self) -> None:

@@ -1,0 +1,147 @@
+"""Decompression bombs are refused in seconds, whatever the codec; sparse disk images still open.
+
+Every bomb is built here with the real compressors and scanned by the CLI in a subprocess: the exit
+code must be 5 and the one-line message must name the file and the reason. The subprocess timeout
+(120 s) only keeps a regression from hanging the suite; it is not a timing assertion.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builders import run
+from immutools.image import open_image
+from immutools.image.guard import declared_size
+
+MiB = 1024 * 1024
+BOMB_TIMEOUT = 120
+
+
+def _compress(cmd: list[str], data: bytes) -> bytes:
+    return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
+
+
+def _zeros_member(cmd: list[str], size: int = 256 * MiB) -> bytes:
+    return _compress(cmd, bytes(size))
+
+
+def _scan(path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "immutools", "scan", "--no-cache", str(path), *extra],
+                          capture_output=True, timeout=BOMB_TIMEOUT, text=True)
+
+
+def _assert_refused(proc: subprocess.CompletedProcess, path: Path, reason: str) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 5, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert str(path) in lines[0] and "decompression bomb" in lines[0] and reason in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def bzip2_zero_stream() -> bytes:
+    return _zeros_member(["bzip2", "-c", "-9"])
+
+
+def test_bzip2_1200_stream_bomb(tmp_path, bzip2_zero_stream):
+    """The campaign's bomb: 1,200 concatenated bzip2 streams of 256 MiB of zeros (300 GiB)."""
+    path = tmp_path / "bomb.bin.bz2"
+    path.write_bytes(bzip2_zero_stream * 1200)
+    assert path.stat().st_size < 300 * 1024
+    _assert_refused(_scan(path), path, "all zeros")
+
+
+@pytest.mark.parametrize(
+    "codec, cmd, copies",
+    [
+        ("gzip", ["gzip", "-c", "-9", "-n"], 256),  # 64 GiB from ~66 MB
+        ("lz4", ["lz4", "-c", "-q", "-9"], 64),  # 16 GiB (lz4 tops out near 255:1)
+        ("zstd", ["zstd", "-c", "-q", "-19"], 1200),  # frames with content sizes: refused from the index
+        ("xz", ["xz", "-c", "-T1", "-0"], 1200),  # one block per stream: refused from the index
+    ],
+)
+def test_concatenated_zero_bombs(codec, cmd, copies, tmp_path):
+    path = tmp_path / f"bomb.{codec}"
+    with open(path, "wb") as out:
+        member = _zeros_member(cmd)
+        for _ in range(copies):
+            out.write(member)
+    _assert_refused(_scan(path), path, "zeros")
+
+
+def test_single_stream_zero_bombs(tmp_path):
+    """One stream, no index to consult: the guard stops the decoder after 64 MiB of zeros."""
+    for codec, cmd in (("zstd", ["zstd", "-c", "-q", "-1", "--no-content-size"]), ("xz", ["xz", "-c", "-T1", "-0"])):
+        path = tmp_path / f"one.{codec}"
+        path.write_bytes(_compress(cmd, bytes(512 * MiB)))
+        _assert_refused(_scan(path), path, "all zeros")
+
+
+def _gpt_disk(tmp_path: Path, size: int) -> Path:
+    disk = tmp_path / "gpt.raw"
+    with open(disk, "wb") as f:
+        f.truncate(size)
+    run(["sgdisk", "-o", "-n", "1:2048:+8M", disk])
+    return disk
+
+
+def test_bomb_behind_a_real_gpt_stops_at_the_declared_size(tmp_path):
+    """A genuine 64 MiB GPT disk followed by 4 GiB more of zeros: refused once the output passes the
+    size the GPT declares (plus slack), not after 4 GiB."""
+    disk = _gpt_disk(tmp_path, 64 * MiB)
+    assert declared_size(disk.read_bytes()[: MiB])[0] == 64 * MiB
+    path = tmp_path / "gpt-bomb.gz"
+    with open(path, "wb") as out:
+        out.write(_compress(["gzip", "-c", "-n"], disk.read_bytes()))
+        member = _zeros_member(["gzip", "-c", "-9", "-n"])
+        for _ in range(16):
+            out.write(member)
+    _assert_refused(_scan(path), path, "its GPT (backup header at LBA 131071) declares a 64.0 MiB disk")
+
+
+def test_sparse_disk_declaring_its_size_opens(tmp_path):
+    """A GPT disk alone (512 MiB, nearly all zeros: hundreds to thousands to one) is no bomb."""
+    disk = _gpt_disk(tmp_path, 512 * MiB)
+    for cmd in (["bzip2", "-c", "-9"], ["gzip", "-c", "-n"], ["zstd", "-c", "-q"], ["lz4", "-c", "-q"], ["xz", "-c", "-T1", "-1"]):
+        path = tmp_path / ("disk." + cmd[0])
+        with open(disk, "rb") as fin, open(path, "wb") as out:
+            subprocess.run(cmd, stdin=fin, stdout=out, check=True)
+        assert disk.stat().st_size // path.stat().st_size > 200
+        with open_image(path, cache=False, progress=False) as img:
+            assert img.source.size == 512 * MiB
+            assert img.source.read_at(512, 8) == b"EFI PART"
+
+
+def test_pbzip2_zero_streams_are_decoded_once(tmp_path):
+    """pbzip2 writes one stream per 900 kB: the repeated all-zero streams of a sparse disk are
+    recognised by their bytes and not decoded again; the output is still exactly the disk."""
+    disk = _gpt_disk(tmp_path, 512 * MiB)
+    with open(disk, "r+b") as f:
+        f.seek(300 * MiB)
+        f.write(b"data in the middle" * 1000)
+    path = tmp_path / "disk.bz2"
+    with open(disk, "rb") as fin, open(path, "wb") as out:
+        subprocess.run(["pbzip2", "-c", "-9", "-p2"], stdin=fin, stdout=out, check=True)
+    with open_image(path, cache=False, progress=False) as img:
+        assert img.source.size == disk.stat().st_size
+        for offset in (0, 512, 300 * MiB - 7, 300 * MiB + 5000, 512 * MiB - 4096):
+            with open(disk, "rb") as f:
+                f.seek(offset)
+                assert img.source.read_at(offset, 20000) == f.read(20000), offset
+
+
+def test_member_count_limit(tmp_path):
+    from immutools.errors import LimitExceededError
+    from immutools.limits import Limits
+
+    disk = _gpt_disk(tmp_path, 16 * MiB)
+    path = tmp_path / "many.bz2"
+    data = disk.read_bytes()
+    with open(path, "wb") as out:
+        for i in range(0, len(data), MiB):
+            out.write(_compress(["bzip2", "-c", "-1"], data[i : i + MiB]))
+    with pytest.raises(LimitExceededError, match="max_compressed_members"):
+        open_image(path, cache=False, progress=False, limits=Limits(max_compressed_members=8))
