@@ -153,3 +153,23 @@ def damaged_walks(image: Path, work: Path, blocks: list[int], seeds: range, flip
                 outcomes.append(f"error: {exc}")
         copy.unlink()
     return outcomes
+
+
+def check_limits(image: Path) -> None:
+    """The walk's bounds act like the per-entry walk's: a depth cap stops descent (with a
+    warning) at the same place, an entry cap raises."""
+    import dataclasses
+
+    import pytest
+
+    from immutools.errors import LimitExceededError
+    from immutools.limits import DEFAULT_LIMITS
+
+    shallow = dataclasses.replace(DEFAULT_LIMITS, max_walk_depth=3)
+    fast_fs = open_filesystem(FileSource(image), limits=shallow)
+    slow_fs = open_filesystem(FileSource(image), limits=shallow)
+    assert full_rows(fast_fs.walk_table("/")) == full_rows(generic_table(slow_fs, "/"))
+    assert any("deeper than 3 levels" in w for w in fast_fs.warnings)
+    few = dataclasses.replace(DEFAULT_LIMITS, max_walk_entries=100)
+    with pytest.raises(LimitExceededError):
+        open_filesystem(FileSource(image), limits=few).walk_table("/")

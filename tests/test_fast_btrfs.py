@@ -25,6 +25,7 @@ import pytest
 
 from builders import cached, have, run
 from fast_walk_helpers import (
+    check_limits,
     IS_ROOT,
     WIDE_DIR_ENTRIES,
     assert_parents_first,
@@ -138,6 +139,10 @@ def test_subvolumes_match_per_entry_walk():
     assert {"/zstd/nested/inner.txt", "/zlib/nested/inner.txt", "/snap-ro/usr/bin/su", "/snap-ro/nested"} <= paths
     specials = [p for p, _ in top.find_special("/")]
     assert "/zstd/usr/bin/su" in specials and "/snap-ro/usr/bin/su" in specials
+
+
+def test_depth_and_entry_limits():
+    check_limits(build("default"))
 
 
 # ---- damage ---------------------------------------------------------------------------------------

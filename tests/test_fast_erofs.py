@@ -26,6 +26,7 @@ import pytest
 
 from builders import SOURCE_DATE_EPOCH, cached, have, run
 from fast_walk_helpers import (
+    check_limits,
     WIDE_DIR_ENTRIES,
     assert_parents_first,
     damaged_walks,
@@ -135,6 +136,10 @@ def test_find_special_matches_find(image):
     for p, st in found:
         assert st.mode == Path(tree, p.lstrip("/")).lstat().st_mode
     assert [p for p, _ in fs.find_special("/", exclude=("/srv",))] == find_special_reference(tree, prune=("/srv",))
+
+
+def test_depth_and_entry_limits():
+    check_limits(build("lz4hc"))
 
 
 # ---- damage ---------------------------------------------------------------------------------------

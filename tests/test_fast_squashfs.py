@@ -22,6 +22,7 @@ import pytest
 
 from builders import cached, have, run
 from fast_walk_helpers import (
+    check_limits,
     IS_ROOT,
     WIDE_DIR_ENTRIES,
     assert_parents_first,
@@ -122,6 +123,10 @@ def test_owners_need_root():
     rows = table_rows(table)
     assert rows["/home/user/notes"][1:3] == (70000, 70001)
     assert stat.S_ISCHR(rows["/srv/null"][0]) and stat.S_ISSOCK(rows["/srv/socket"][0])
+
+
+def test_depth_and_entry_limits():
+    check_limits(build("zstd", ()))
 
 
 # ---- damage ---------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class ErofsTables:
     def __init__(self, fs: "ErofsFileSystem"):
         self.fs = fs
         self.warnings = fs.warnings
+        self.directory_bytes = 0     # read so far: all directories together stay within a bound
 
     # ---- inodes -------------------------------------------------------------------------------
     def _inode_windows(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +140,9 @@ class ErofsTables:
         nid, layout, size, startblk, meta_end = item.handle
         if size > fs.limits.max_file_read:
             raise LimitExceededError(f"erofs: {item.path}: directory of {size} bytes")
+        self.directory_bytes += size
+        if self.directory_bytes > fs.limits.max_nested_bytes:
+            raise LimitExceededError(f"erofs: directories hold more than {fs.limits.max_nested_bytes} bytes")
         bs = fs.block_size
         read = fs.source.read_at
         data = None

@@ -59,7 +59,7 @@ class MetadataTable:
     contiguous there); ``offset_of(block)`` maps a block's position relative to the table start to
     its offset in ``data``."""
 
-    def __init__(self, raw: bytes, codec: str, what: str, warnings: list[str]):
+    def __init__(self, raw: bytes, codec: str, what: str, warnings: list[str], max_bytes: int):
         out = bytearray()
         starts: dict[int, int] = {}
         pos = 0
@@ -80,6 +80,8 @@ class MetadataTable:
                     payload = bytes(METADATA_SIZE)
             starts[pos] = len(out)
             out += payload
+            if len(out) > max_bytes:
+                raise LimitExceededError(f"squashfs: {what} inflates past {max_bytes} bytes")
             pos += 2 + size
         self.starts = starts
         self.length = len(out)
@@ -113,8 +115,9 @@ class SquashTables:
         if dir_end - inode_start > fs.limits.max_nested_bytes:
             raise LimitExceededError(f"squashfs: metadata tables of {dir_end - inode_start} bytes")
         raw = source.read_at(inode_start, dir_end - inode_start)
-        self.inodes = MetadataTable(raw[: dir_start - inode_start], codec, "inode table", self.warnings)
-        self.dirs = MetadataTable(raw[dir_start - inode_start:], codec, "directory table", self.warnings)
+        cap = fs.limits.max_nested_bytes
+        self.inodes = MetadataTable(raw[: dir_start - inode_start], codec, "inode table", self.warnings, cap)
+        self.dirs = MetadataTable(raw[dir_start - inode_start:], codec, "directory table", self.warnings, cap)
         self.ids = self._id_table(sb, codec)
 
     # ---- tables -------------------------------------------------------------------------------
@@ -146,7 +149,8 @@ class SquashTables:
         for pointer in struct.unpack(f"<{blocks}Q", index):
             head = self.fs.source.read_at(pointer, 2)
             stored = struct.unpack("<H", head)[0] & ~METADATA_UNCOMPRESSED if len(head) == 2 else 0
-            out += MetadataTable(self.fs.source.read_at(pointer, 2 + stored), codec, "id table", self.warnings).data
+            out += MetadataTable(self.fs.source.read_at(pointer, 2 + stored), codec, "id table", self.warnings,
+                                 METADATA_SIZE).data
         if len(out) < count * 4:
             raise CorruptDataError(f"squashfs: id table holds {len(out) // 4} of {count} ids")
         return np.frombuffer(bytes(out[: count * 4]), dtype="<u4").astype(np.uint32)
