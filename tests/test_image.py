@@ -908,3 +908,57 @@ def test_opened_image_is_a_context_manager():
         assert same is img
     assert img.source.closed
     img.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# VMDK descriptors with hostile extent numbers: refused, exit 3, one line
+# ------------------------------------------------------------------------------------------------
+
+
+def _vmdk_cli(d: Path, extent_line: str) -> subprocess.CompletedProcess:
+    import sys
+
+    (d / "disk.vmdk").write_text(
+        f"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n{extent_line}\n"
+    )
+    return subprocess.run([sys.executable, "-m", "immutools", "scan", str(d / "disk.vmdk")], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "extent_line, reason",
+    [
+        ('RW 2048 FLAT "x-flat.vmdk" -5', "offset '-5': not a sector number"),
+        ('RW 2048 FLAT "x-flat.vmdk" 0x10', "offset '0x10': not a sector number"),
+        ('RW 2048 FLAT "x-flat.vmdk" 99999999999', "lies beyond its 1048576-byte file"),
+        ('RW 2048 FLAT "x-flat.vmdk" 1024', "the descriptor needs 1572864"),  # offset + size past the end
+        ('RW 4096 FLAT "x-flat.vmdk" 0', "the descriptor needs 2097152"),  # size larger than the file
+        ('RW 0 FLAT "x-flat.vmdk" 0', "not a positive sector count"),
+        ('RW 2048 FLAT "../outside-flat.vmdk" 0', "leaves the descriptor's directory; refused"),
+        ('RW 2048 FLAT "link-out" 0', "resolves outside"),
+    ],
+)
+def test_vmdk_hostile_extent_numbers_exit_3(extent_line, reason, tmp_path):
+    d = tmp_path / "vm"
+    d.mkdir()
+    (d / "x-flat.vmdk").write_bytes(bytes(MiB))
+    (tmp_path / "outside-flat.vmdk").write_bytes(bytes(MiB))
+    (d / "link-out").symlink_to(tmp_path / "outside-flat.vmdk")
+    proc = _vmdk_cli(d, extent_line)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3, proc.stderr
+    assert len(lines) == 1 and str(d / "disk.vmdk") in lines[0] and reason in lines[0], lines
+
+
+def test_vmdk_valid_offset_still_reads(tmp_path):
+    d = tmp_path / "vm"
+    d.mkdir()
+    data = os.urandom(MiB)
+    (d / "x-flat.vmdk").write_bytes(data)
+    (d / "disk.vmdk").write_text(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n"
+        'RW 1024 FLAT "x-flat.vmdk" 1024\n'
+    )
+    with open_image(d / "disk.vmdk") as img:
+        assert img.source.size == 512 * 1024
+        assert img.source.read_at(0, 512 * 1024) == data[512 * 1024 :]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import stat as stat_mod
 import struct
 import threading
@@ -376,7 +377,29 @@ def _parse_descriptor(text: str, name: str):
         parsed = {e.raw for e in descriptor.extents}
         bad = next((line for line in declared if line not in parsed), "?")
         raise UnsupportedFeatureError(f"{name}: VMDK extent line not understood: {bad[:120]!r}")
+    for number, (line, extent) in enumerate(zip(declared, descriptor.extents), 1):
+        _check_extent_numbers(line, extent, number, name)
     return descriptor
+
+
+# access, size in sectors, type, "file name", offset in sectors (VMware Virtual Disk Format 5.0,
+# "Extent Descriptions"). The library reads an offset it cannot parse, such as "-5", as absent,
+# i.e. 0: the disk would silently start at the wrong place in the extent file.
+_EXTENT_LINE = re.compile(r'^(?:RW|RDONLY|NOACCESS)\s+(\S+)\s+(\S+)(?:\s+"[^"]*"(?:\s+(\S+))?)?')
+
+
+def _check_extent_numbers(line: str, extent, number: int, name: str) -> None:
+    m = _EXTENT_LINE.match(line)
+    if m is None:
+        raise UnsupportedFeatureError(f"{name}: VMDK extent line not understood: {line[:120]!r}")
+    sectors, offset = m.group(1), m.group(3)
+    if not sectors.isdigit() or int(sectors) == 0:
+        raise CorruptDataError(f"{name}: VMDK extent {number} has size {sectors!r}: not a positive sector count")
+    if offset is not None:
+        if not offset.isdigit():
+            raise CorruptDataError(f"{name}: VMDK extent {number} has offset {offset!r}: not a sector number")
+        if extent.start_sector != int(offset):
+            raise CorruptDataError(f"{name}: VMDK extent {number} offset {offset!r} was misread")
 
 
 def _check_no_parent(descriptor, name: str) -> None:
@@ -551,6 +574,11 @@ def open_vmdk_descriptor(src: ByteSource, name: str, base_dir: str, stats: ReadS
             owned.append(file_src)
             if extent.type in ("FLAT", "VMFS"):
                 start = (extent.start_sector or 0) * SECTOR
+                if start >= file_src.size:
+                    raise CorruptDataError(
+                        f"{name}: flat extent {extent.filename!r} offset {extent.start_sector} sectors lies beyond "
+                        f"its {file_src.size}-byte file"
+                    )
                 if start + size > file_src.size:
                     raise CorruptDataError(
                         f"{name}: flat extent {extent.filename!r} is {file_src.size} bytes, "
