@@ -320,12 +320,14 @@ class Ext4Tables(BulkTables):
             logical_l.append(cols.astype(np.int64))
             phys_l.append(ptr[rows, cols])
         # Deeper extent trees and larger indirect maps: per directory, in Python.
+        unmapped = np.zeros(len(owners), bool)
         for i in np.flatnonzero(python).tolist():
             ino = int(dir_inos[owners[i]])
             try:
                 runs = self.extfs._block_runs(ino, iblock[i].tobytes(), bool(extents[i]), int(nblocks[i]))
             except ImmutoolsError as exc:
                 self.warn(f"directory inode {ino}: {exc}")
+                unmapped[i] = True
                 continue
             for first, count, physical in runs:
                 if physical is None:
@@ -340,7 +342,7 @@ class Ext4Tables(BulkTables):
             blk_logical = np.concatenate(logical_l)
             blk_phys = np.concatenate(phys_l)
             counted = np.bincount(blk_owner, minlength=len(owners))
-            for i in np.flatnonzero((counted < nblocks) & ~inline)[:10].tolist():
+            for i in np.flatnonzero((counted < nblocks) & ~inline & ~unmapped)[:10].tolist():
                 self.warn(f"directory inode {int(dir_inos[owners[i]])}: {int(nblocks[i] - counted[i])} of {int(nblocks[i])} blocks are holes, skipped")
             levels.append(self._parse_blocks(blk_owner, blk_logical, blk_phys, owners, dir_inos))
         for i in np.flatnonzero(inline).tolist():
