@@ -109,7 +109,8 @@ def scanned(request):
 def test_matches_spec(scanned):
     name, report, manifest = scanned
     _check_report(name, report, manifest)
-    # GUIDFromLabel for the disk, EFI/BIOS/BOOT/META and the BOOT XFS uuid: all or nothing (§1.5)
+    # GUIDFromLabel for the disk, EFI/BIOS/BOOT/META and the BOOT XFS uuid: all or nothing
+    # (siderolabs/talos pkg/makefs/makefs.go, images >= 1.13)
     checks = report["distribution"]["deterministic_guid_checks"]
     assert set(checks.values()) == {manifest["expect"]["talos"]["deterministic_guids"]}, checks
     # what each release's era predicts (compressions, os-release, sizes, bootloader) holds
@@ -213,7 +214,7 @@ def test_meta_partition_matches_builder(scanned):
 
 
 def test_guid_from_label_vectors():
-    # talos.md §1.5 (test vectors of talos@HEAD:pkg/makefs/makefs_test.go)
+    # the test vectors of siderolabs/talos@ad8823176 pkg/makefs/makefs_test.go
     assert guid_from_label("talos-image-disk") == "d92d45b3-cde9-8760-be9f-a2a71fac8d11"
     assert guid_from_label("EFI") == "bca5174b-0118-8a6a-af0b-2c6e1585acae"
     assert guid_from_label("META") == "cf04f137-101e-8ec6-9627-fa3f51cdabb8"
@@ -310,7 +311,8 @@ def test_uki_initrd_cpio_squashfs_against_tools(tmp_path):
     _check_squashfs_against_unsquashfs(arc, "/rootfs.sqsh", tmp_path)
     for layer in [n for n in arc.listdir("/") if n.endswith(".sqsh") and n != "rootfs.sqsh"]:
         _check_squashfs_against_unsquashfs(arc, "/" + layer, tmp_path)
-    # dual-boot: GRUB slot A boots the same initramfs as the UKI (talos.md §2.3)
+    # dual-boot: GRUB slot A boots the same initramfs as the UKI (siderolabs/talos
+    # internal/app/machined/pkg/runtime/v1alpha1/bootloader/dual/dual.go)
     with DiskImage.open(str(path), progress=False) as image:
         boot = image.filesystem(image.volume(label="BOOT"))
         assert boot.read("/A/initramfs.xz", max_bytes=1 << 30) == initrd
