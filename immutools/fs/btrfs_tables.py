@@ -26,6 +26,7 @@ without a ROOT_REF (a snapshot of a parent that had a nested subvolume) it is an
 
 from __future__ import annotations
 
+import bisect
 import stat as stat_mod
 import struct
 from dataclasses import dataclass
@@ -79,30 +80,69 @@ class BtrfsTables:
         self._columns: dict[tuple[int, bool], TreeColumns] = {}
 
     # ---- reading a tree -----------------------------------------------------------------------
+    def _physical(self, address: int):
+        """(device source, physical offset) of a whole node on a SINGLE or DUP chunk (first copy),
+        or None: other profiles, and nodes crossing a chunk's end, go through dissect's stream."""
+        from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP, BTRFS_BLOCK_GROUP_PROFILE_MASK
+
+        stream = self.btrfs._logical_fh
+        i = bisect.bisect_right(stream._chunk_offsets, address) - 1
+        if i < 0:
+            return None
+        chunk = stream.chunks[i]
+        profile = int(chunk.type) & int(BTRFS_BLOCK_GROUP_PROFILE_MASK)
+        if profile not in (0, int(BTRFS_BLOCK_GROUP.DUP)) or address + self.node_size > chunk.offset + chunk.length:
+            return None
+        stripe = chunk.stripes[0]
+        if stripe.fh is None or not hasattr(stripe.fh, "read_at"):
+            return None
+        return stripe.fh, stripe.offset + address - chunk.offset
+
+    def _read_nodes(self, addresses: list[int]) -> list[bytes | None]:
+        """The nodes at ``addresses``; nodes next to each other on disk are read with one call."""
+        ns = self.node_size
+        out: list[bytes | None] = [None] * len(addresses)
+        runs: list[tuple[object, int, list[int]]] = []   # (device, physical start, indexes)
+        for k, address in enumerate(addresses):
+            where = self._physical(address)
+            if where is None:
+                try:
+                    out[k] = self.btrfs._read_node(address)
+                except Exception:  # noqa: BLE001 - dissect raises anything on an unmapped address
+                    out[k] = None
+                continue
+            dev, phys = where
+            if runs and runs[-1][0] is dev and runs[-1][1] + ns * len(runs[-1][2]) == phys:
+                runs[-1][2].append(k)
+            else:
+                runs.append((dev, phys, [k]))
+        for dev, phys, members in runs:
+            data = dev.read_at(phys, ns * len(members))
+            for j, k in enumerate(members):
+                out[k] = data[j * ns: (j + 1) * ns]
+        return out
+
     def _leaves(self, subvol_id: int):
         """Yield batches of leaves (lists of node bytes) of a subvolume's FS tree, in key order."""
         tree = self.btrfs.open_subvolume(subvol_id).tree
         root_item = tree.root_item
         ns = self.node_size
         max_items = (ns - HEADER_SIZE) // ITEM_SIZE
-        stack: list[tuple[int, int | None]] = [(root_item.bytenr, None)]
+        stack: list[tuple[int, int | None, bytes | None]] = [(root_item.bytenr, None, None)]
         visited: set[int] = set()
         batch: list[bytes] = []
         while stack:
-            address, want_level = stack.pop()
+            address, want_level, node = stack.pop()
             if address in visited:
                 self.warnings.append(f"btrfs: subvolume {subvol_id}: tree node {address:#x} referenced twice; skipped")
                 continue
             visited.add(address)
             if len(visited) * ns > self.fs.source.size * 2:
                 raise CorruptDataError(f"btrfs: subvolume {subvol_id}: tree has more nodes than the image holds")
-            try:
-                node = self.btrfs._read_node(address)
-            except Exception as exc:  # noqa: BLE001 - dissect raises anything on an unmapped address
-                self.warnings.append(f"btrfs: subvolume {subvol_id}: tree node {address:#x} unreadable ({exc}); skipped")
-                continue
-            if len(node) != ns:
-                self.warnings.append(f"btrfs: subvolume {subvol_id}: tree node {address:#x} truncated; skipped")
+            if node is None:
+                node = self._read_nodes([address])[0]
+            if node is None or len(node) != ns:
+                self.warnings.append(f"btrfs: subvolume {subvol_id}: tree node {address:#x} unreadable; skipped")
                 continue
             bytenr, = struct.unpack_from("<Q", node, 48)
             nritems, level = struct.unpack_from("<IB", node, 96)
@@ -122,8 +162,9 @@ class BtrfsTables:
                     yield batch
                     batch = []
                 continue
-            pointers = struct.unpack_from("<" + "17xQ8x" * nritems, node, HEADER_SIZE)
-            stack.extend((p, level - 1) for p in reversed(pointers))
+            pointers = list(struct.unpack_from("<" + "17xQ8x" * nritems, node, HEADER_SIZE))
+            children = self._read_nodes(pointers)
+            stack.extend((p, level - 1, child) for p, child in zip(reversed(pointers), reversed(children)))
         if batch:
             yield batch
 
