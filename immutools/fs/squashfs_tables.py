@@ -40,7 +40,6 @@ METADATA_SIZE = 8192
 METADATA_UNCOMPRESSED = 0x8000
 DIR_COUNT_MAX = 256          # SQUASHFS_DIR_COUNT: entries under one directory header
 DIR_HEADER = struct.Struct("<III")      # count - 1, start_block, inode_number
-DIR_ENTRY = struct.Struct("<HhHH")      # offset, inode_number delta, type, size - 1
 MAX_WARNINGS_PER_LEVEL = 5
 
 # Inode type -> S_IFMT (1..7 basic, 8..14 extended of the same kinds).
@@ -210,9 +209,10 @@ class SquashTables:
         }
 
     # ---- directories --------------------------------------------------------------------------
-    def _parse_listing(self, where: str, handle: tuple[int, int, int], names: list[bytes], blocks: list[int],
-                       offsets: list[int], types: list[int]) -> int:
-        """Append the entries of one directory to the lists; returns how many."""
+    def _entry_positions(self, handle: tuple[int, int, int], positions: list[int], blocks: list[int]) -> int:
+        """Append where each entry of one directory starts in the directory buffer, and the inode
+        block its header names; returns how many. Only the walk from entry to entry is done here
+        (it is sequential: each entry's length is in it); the fields are gathered per level."""
         block, offset, file_size = handle
         if file_size <= 3:
             return 0
@@ -225,52 +225,56 @@ class SquashTables:
         if end > len(data):
             raise CorruptDataError(f"listing of {file_size} bytes runs past the directory table")
         header = DIR_HEADER.unpack_from
-        entry = DIR_ENTRY.unpack_from
         added = 0
-        while pos + 12 <= end:
-            count, start_block, _number = header(data, pos)
-            pos += 12
-            count += 1
-            if count > DIR_COUNT_MAX:
-                raise CorruptDataError(f"directory header claims {count} entries")
-            blocks.extend([start_block] * count)
-            for _ in range(count):
-                if pos + 8 > end:
+        append = positions.append
+        try:
+            while pos + 12 <= end:
+                count, start_block, _number = header(data, pos)
+                pos += 12
+                count += 1
+                if count > DIR_COUNT_MAX:
+                    raise CorruptDataError(f"directory header claims {count} entries")
+                blocks.extend([start_block] * count)
+                for _ in range(count):
+                    append(pos)
+                    pos += 9 + (data[pos + 6] | data[pos + 7] << 8)   # 8-byte entry, size - 1, name
+                added += count
+                if pos > end:
                     raise CorruptDataError("directory entry runs past the listing")
-                ioff, _delta, itype, size = entry(data, pos)
-                pos += 8
-                names.append(data[pos: pos + size + 1])
-                offsets.append(ioff)
-                types.append(itype)
-                pos += size + 1
-            added += count
+        except IndexError:
+            raise CorruptDataError("directory entry runs past the directory table") from None
         if pos != end:
             raise CorruptDataError("directory listing does not end where its size says")
         return added
 
     def expand(self, frontier: list[Frontier]) -> Level:
-        names_raw: list[bytes] = []
+        positions: list[int] = []
         blocks: list[int] = []
-        offsets: list[int] = []
-        types: list[int] = []
         slots: list[int] = []
         for slot, item in enumerate(frontier):
-            mark = len(names_raw)
+            mark = len(positions)
             try:
-                added = self._parse_listing(item.path, item.handle, names_raw, blocks, offsets, types)
+                added = self._entry_positions(item.handle, positions, blocks)
             except CorruptDataError as exc:
                 self.warnings.append(f"squashfs: {item.path}: {exc}; directory skipped")
-                del names_raw[mark:], blocks[mark:], offsets[mark:], types[mark:]
+                del positions[mark:], blocks[mark:]
                 continue
             slots.extend([slot] * added)
-            if len(names_raw) > self.fs.limits.max_walk_entries:
+            if len(positions) > self.fs.limits.max_walk_entries:
                 raise LimitExceededError(f"squashfs walk: more than {self.fs.limits.max_walk_entries} entries")
-        if not names_raw:
+        if not positions:
             return Level.empty()
-        names = [n.decode("utf-8", "surrogateescape") for n in names_raw]
-        ino = self.decode_inodes(np.asarray(blocks, dtype=np.int64), np.asarray(offsets, dtype=np.int64))
+        pos = np.asarray(positions, dtype=np.int64)
+        dbuf = self.dirs.array
+        offsets = gather_le(dbuf, pos, 2)
+        types = gather_le(dbuf, pos + 4, 2)
+        name_len = gather_le(dbuf, pos + 6, 2).astype(np.int64) + 1
+        data = self.dirs.data
+        names = [data[p: p + n].decode("utf-8", "surrogateescape")
+                 for p, n in zip((pos + 8).tolist(), name_len.tolist())]
+        ino = self.decode_inodes(np.asarray(blocks, dtype=np.int64), offsets.astype(np.int64))
         ok = ino["ok"]
-        entry_type = np.asarray(types, dtype=np.int64)
+        entry_type = types.astype(np.int64)
         # The kernel takes the type from the inode; an entry whose inode disagrees is damage.
         basic_type = np.where(ino["type"] > 7, ino["type"].astype(np.int64) - 7, ino["type"].astype(np.int64))
         agrees = basic_type == entry_type
