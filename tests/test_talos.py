@@ -12,6 +12,7 @@ this file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
@@ -33,6 +34,7 @@ from immutools.fs.talos_meta import BLOCK, decode_block, read_meta
 from immutools.image.source import BytesSource, FileSource
 from immutools.limits import Limits
 from immutools.replica.bootassets import adv_block, syslinux_adv
+from immutools.replica.builder import data_extents
 from immutools.report.model import load_schema
 from immutools.scan import scan
 
@@ -517,3 +519,68 @@ def test_version_from_machined_strings(tmp_path):
     assert report["os"]["version"] == "v1.9.5" and d["version_source"] == "machined-strings"
     ev = [e for e in report["os"]["evidence"] if "(from machined-strings)" in e.get("detail", "")]
     assert ev and ev[0]["source"].endswith("/sbin/init"), report["os"]["evidence"]
+
+
+# ---- a damaged boot configuration: missing facts with the reason, never a silent gap ------------
+
+def _gpt_partition(image: Path, label: str) -> tuple[int, int]:
+    """(byte offset, byte size) of the partition named ``label``, as sfdisk reads the GPT."""
+    table = json.loads(run(["sfdisk", "--json", image]).stdout)["partitiontable"]
+    part = next(p for p in table["partitions"] if p.get("name") == label)
+    sector = table.get("sectorsize", 512)
+    return part["start"] * sector, part["size"] * sector
+
+
+def _zero_xfs_file(image: Path, label: str, path: str, tmp: Path) -> None:
+    """Zero the data blocks of ``path`` in the XFS partition ``label``, located by xfs_db on a
+    sparse copy of the partition."""
+    start, size = _gpt_partition(image, label)
+    part = tmp / f"{label}.xfs"
+    with open(image, "rb") as src, open(part, "wb") as dst:
+        dst.truncate(size)
+        for at, length in data_extents(src.fileno(), os.fstat(src.fileno()).st_size):
+            lo, hi = max(at, start), min(at + length, start + size)
+            if lo < hi:
+                os.pwrite(dst.fileno(), os.pread(src.fileno(), hi - lo, lo), lo - start)
+    bmap = run(["xfs_db", "-r", "-c", f"path {path}", "-c", "bmap", part]).stdout.decode()
+    extents = re.findall(r"startblock (\d+) \(\d+/\d+\) count (\d+)", bmap)
+    assert extents, bmap
+    block_size = int(re.search(r"blocksize = (\d+)", run(["xfs_db", "-r", "-c", "sb 0", "-c", "p blocksize", part]).stdout.decode()).group(1))
+    with open(image, "r+b") as f:
+        for fsb, count in extents:
+            conv = run(["xfs_db", "-r", "-c", f"convert fsb {fsb} byte", part]).stdout.decode()
+            offset = int(re.search(r"\((\d+)\)", conv).group(1))
+            os.pwrite(f.fileno(), bytes(int(count) * block_size), start + offset)
+
+
+@pytest.mark.parametrize("name, damage, named", [
+    ("talos-v1.9.5-amd64-metal", "grub.cfg zeroed", "/grub/grub.cfg"),
+    ("talos-v1.10.4-arm64-metal", "UKI deleted", "/EFI/Linux"),
+])
+def test_damaged_boot_configuration_is_explained(tmp_path, name, damage, named):
+    """A copy of a replica whose boot configuration is gone (BOOT:/grub/grub.cfg zeroed where xfs_db
+    says it lies, or the only UKI deleted from the ESP with mdel): still Talos, the documented
+    mount table still stands, and the facts only the boot path leads to (version, architecture,
+    booted entry, init) are missing with warnings naming the damaged file."""
+    tools = ("xfs_db",) if damage == "grub.cfg zeroed" else ("mdel",)
+    if not all(have(t) for t in tools + ("sfdisk",)):
+        pytest.skip(f"needs {', '.join(tools)} and sfdisk")
+    path = tmp_path / "damaged.raw"
+    _sparse_copy(build_replica(name), path)
+    if damage == "grub.cfg zeroed":
+        _zero_xfs_file(path, "BOOT", "/grub/grub.cfg", tmp_path)
+    else:
+        start, _size = _gpt_partition(path, "EFI")
+        uki = f"/EFI/Linux/Talos-{replica_manifest(name)['expect']['talos']['version']}.efi"
+        run(["mdel", "-i", f"{path}@@{start}", f"::{uki}"])
+    report = scan(str(path), progress=False)
+    jsonschema.validate(report, SCHEMA)
+    assert report["os"]["collector"] == "talos" and report["os"]["version"] is None
+    mounts = {m["target"]: m for m in report["mounts"]}
+    assert mounts["/"]["observed"] is False and mounts["/var"]["source"] == "/dev/disk/by-partlabel/EPHEMERAL"
+    facts = {f["fact"]: f for f in report["completeness"]["facts"]}
+    assert report["completeness"]["status"] == "incomplete"
+    for fact in ("os.version", "os.arch", "update.active_entry", "surface.init"):
+        assert facts[fact]["status"] == "missing" and named in facts[fact]["reason"], facts[fact]
+        assert any(w.startswith(f"completeness: {fact} is missing: ") and named in w for w in report["warnings"]), report["warnings"]
+

@@ -67,6 +67,7 @@ class TalosCollector(Collector):
         findings.update = update_section(image, knowledge, facts)
         boot.kernel = booted_kernel(image, layout, boot.active)
         findings.distribution = distribution_section(image, knowledge, facts, findings)
+        self._explain_gaps(findings, facts)
 
     # ------------------------------------------------------------------------------- sections
     def _os(self, image: DiskImage, facts: TalosFacts) -> OsIdentity:
@@ -98,3 +99,18 @@ class TalosCollector(Collector):
                                            "pcr_signature": bool(ukis) and all(u["pcrsig"] for u in ukis),
                                            "lockdown": cmdline.lockdown() if cmdline is not None else None}}
         return integrity
+
+    @staticmethod
+    def _explain_gaps(findings: Findings, facts: TalosFacts) -> None:
+        """Why a guaranteed fact is missing: the first failure along boot entry -> initramfs ->
+        root squashfs -> machined (each step keeps its reason)."""
+        root_reason = facts.system.problem
+        if findings.os.version is None:
+            findings.explain("os.version", root_reason or
+                             "no boot entry title, UKI name, os-release or machined string names a Talos release")
+        if findings.os.arch is None:
+            findings.explain("os.arch", root_reason or "machined's ELF machine is unknown and the booted entry is not a UKI")
+        if findings.update is not None and findings.update.extra.get("active_entry") is None:
+            findings.explain("update.active_entry", facts.boot.problem)
+        if not facts.system.machined:
+            findings.explain("surface.init", root_reason)

@@ -107,7 +107,9 @@ def grub_menu(image: DiskImage, knowledge: dict, layout: Layout) -> tuple[GrubMe
     detail = f"set default={cfg.default!r}" + (f", set fallback={cfg.variables.get('fallback')!r}" if cfg.variables.get("fallback") else "")
     menu = GrubMenu(cfg, path, [_grub_row(knowledge, layout, e) for e in cfg.entries], cfg.default_entry(),
                     fallback[0] if fallback else None, evidence(where, detail))
-    return menu, None if menu.default is not None else f"{where} has no default menu entry GRUB would boot"
+    if menu.default is not None:
+        return menu, None
+    return menu, f"{where} {'has no default menu entry GRUB would boot' if cfg.entries else 'holds no menu entry'}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def read_boot(image: DiskImage, knowledge: dict, layout: Layout, meta: TalosMeta
     bootloader = "dual-boot" if grub and ukis else ("grub" if grub else ("sd-boot" if ukis else None))
     boot = Boot(grub, ukis, bootloader, choose_active(knowledge, grub, ukis, meta))
     if boot.active.path is None:
-        boot.problem = f"{grub_problem}; {_no_uki_reason(knowledge, layout)}"
+        boot.problem = f"no boot entry could be followed: {grub_problem}; {_no_uki_reason(knowledge, layout)}"
     boot.cmdline = boot_cmdline(knowledge, layout, boot.active)
     return boot
 

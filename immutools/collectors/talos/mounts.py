@@ -75,7 +75,7 @@ def _code_mounts(knowledge: dict, facts: TalosFacts, table: MountTable, checks: 
             evs += more
         elif have_root:
             ok = tree.exists(mount["target"])
-            evs.append(tree.evidence(mount["target"], "mount point present in the squashfs" if ok else "mount point missing in the squashfs"))
+            evs.append(tree.evidence(mount["target"], f"mount point {'present' if ok else 'missing'} in the squashfs"))
             checks.add(mount["target"], "mount point present in the squashfs", ok)
         table.add(MountEntry(mount["target"], source, mount["fstype"], list(mount.get("options") or []),
                              persistence=mount.get("persistence"), observed=False, evidence=evs, volume=vol))
@@ -100,8 +100,8 @@ def _overlay_mounts(knowledge: dict, facts: TalosFacts, table: MountTable, check
                 up = tree.exists(upper)
                 evs.append(tree.evidence(upper, "upper directory present on EPHEMERAL" if up else "upper directory not created yet"))
                 checks.add(path, "upper directory present on EPHEMERAL", up)
-        table.add(MountEntry(path, "overlay", "overlay", [f"lowerdir={path}", f"upperdir={upper}", f"workdir={work}"] + list(ov["options"]),
-                             observed=False, evidence=evs))
+        options = [f"lowerdir={path}", f"upperdir={upper}", f"workdir={work}"] + list(ov["options"])
+        table.add(MountEntry(path, "overlay", "overlay", options, observed=False, evidence=evs))
 
 
 def _bound_files(knowledge: dict, facts: TalosFacts, table: MountTable, checks: _Checks) -> None:

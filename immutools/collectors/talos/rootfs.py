@@ -62,7 +62,7 @@ def _initramfs_source(image: DiskImage, layout: Layout, boot: Boot, found: Initr
     if active.path == "uki":
         return active.uki["uki"].initrd, f"{layout.esp.describe()}: {active.uki['path']} .initrd"
     if active.path != "grub":
-        found.problem = f"no boot entry to follow: {boot.problem}"
+        found.problem = boot.problem
         return None, None
     entry = active.grub_entry
     if not entry.initrds:

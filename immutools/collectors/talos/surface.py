@@ -61,19 +61,22 @@ def _init(surface: dict, knowledge: dict, facts: TalosFacts) -> None:
     if not machined:
         return
     ks = knowledge["surface"]
-    init_ev = [evidence(f"{facts.initramfs.where}: {knowledge['initramfs']['init']}", "the kernel's init: mounts the rootfs and switch_roots"),
+    init_ev = [evidence(f"{facts.initramfs.where}: {knowledge['initramfs']['init']}",
+                        "the kernel's init: mounts the rootfs and switch_roots"),
                machined["evidence"],
                evidence(ks["source"], "PID 1 is machined; no systemd, no shell", False)]
     generic = surface.get("init_details")
     surface["init"] = ks["init"]
     surface["init_details"] = {"name": ks["init"], "path": machined["path"], "target": machined["path"],
-                               "decided_by": f"Talos: initramfs /init execs machined after switch_root ({knowledge['initramfs']['root_mount']['source']})",
+                               "decided_by": "Talos: initramfs /init execs machined after switch_root "
+                                             f"({knowledge['initramfs']['root_mount']['source']})",
                                "evidence": init_ev, "generic": generic}
     surface["evidence"] += [e for e in init_ev if e not in surface["evidence"]]
 
 
 def _selinux(surface: dict, knowledge: dict, cmdline) -> None:
-    trail = [evidence(knowledge["kernel"]["selinux_source"], "selinux=1 enables SELinux, enforcing=1 makes it enforcing; default disabled", False)]
+    trail = [evidence(knowledge["kernel"]["selinux_source"],
+                      "selinux=1 enables SELinux, enforcing=1 makes it enforcing; default disabled", False)]
     if cmdline is not None and cmdline.get("selinux") == "1":
         mode = "enforcing" if cmdline.get("enforcing") == "1" else "permissive"
         trail.append(cmdline.evidence("selinux"))
