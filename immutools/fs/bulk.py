@@ -70,12 +70,21 @@ def gather_le(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     return np.ascontiguousarray(buf[idx]).view(f"<u{width}").reshape(-1)
 
 
-def padded(data: bytes | bytearray, pad: int = 128) -> np.ndarray:
+PAD = 128
+
+
+def padded(data: bytes | bytearray, pad: int = PAD) -> np.ndarray:
     """``data`` as a uint8 array with ``pad`` zero bytes after it, so fixed-width gathers near the
     end never index past it (callers still check the real length)."""
     arr = np.zeros(len(data) + pad, dtype=np.uint8)
     arr[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     return arr
+
+
+def joined_padded(pieces: list[bytes], pad: int = PAD) -> tuple[bytes, np.ndarray]:
+    """``b"".join(pieces)`` and a uint8 view of it with ``pad`` zero bytes after: one copy."""
+    blob = b"".join([*pieces, bytes(pad)])
+    return blob, np.frombuffer(blob, dtype=np.uint8)
 
 
 def normalize_paths(paths: Sequence[str]) -> set[str]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from immutools.errors import ImmutoolsError, LimitExceededError
-from immutools.fs.bulk import Frontier, Level, breadth_first_table, empty_table, gather_le, padded
+from immutools.fs.bulk import Frontier, Level, breadth_first_table, empty_table, gather_le, joined_padded
 from immutools.fs.table import EntryTable
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ I_NLINK_1_BIT = 0x10
 FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
 NULL_ADDR32 = 0xFFFFFFFF
 MAX_WARNINGS_PER_LEVEL = 5
-READ_GAP = 2048              # bytes: read through gaps this small between wanted inodes
+READ_GAP = 4096              # bytes: read through gaps this small between wanted inodes
 _IFMT_OK = np.array([stat_mod.S_IFREG, stat_mod.S_IFDIR, stat_mod.S_IFLNK, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
                      stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
 _IFMT_SPECIAL = np.array([stat_mod.S_IFCHR, stat_mod.S_IFBLK, stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
@@ -71,7 +71,7 @@ class ErofsTables:
         ends = np.minimum(spos[np.asarray(bounds[1:]) - 1] + 64, size)
         read = fs.source.read_at
         pieces = [read(lo, hi - lo).ljust(hi - lo, b"\0") for lo, hi in zip(starts.tolist(), ends.tolist())]
-        joined = padded(b"".join(pieces))
+        _blob, joined = joined_padded(pieces)
         run_at = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
         run_of = np.repeat(np.arange(len(pieces)), np.diff(bounds))
         local = run_at[run_of] + (spos - starts[run_of])
@@ -177,8 +177,7 @@ class ErofsTables:
                 chunk_slot.append(slot)
         if not chunks:
             return [], np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        blob = b"".join(chunks)
-        buf = padded(blob)
+        blob, buf = joined_padded(chunks)
         lengths = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks))
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         block_slot = np.asarray(chunk_slot, dtype=np.int64)
