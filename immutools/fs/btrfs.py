@@ -11,6 +11,9 @@ subvolume, so node keys are (subvolume id, inode). The filesystem root is the *d
 (what a mount without ``subvol=`` shows). ``subvolume_info(path)`` and ``subvolumes()`` report ids,
 paths and the read-only flag.
 
+Whole-tree metadata (``walk_table``, ``find_special``) reads each FS tree's leaves in bulk
+(``btrfs_tables.py``) instead of a B-tree search per entry.
+
 dissect.btrfs follows B-tree child pointers without checking that levels go down; a crafted pointer
 loop would spin forever. ``_install_tree_checks`` adds that check (and a sane item count) to its
 cursor, the one place all tree descents go through.

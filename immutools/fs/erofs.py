@@ -24,7 +24,9 @@ METABOX and anything newer), fragments (the tail or whole file packed into the p
 non-zero ``dirblkbits``.
 
 Reading is lazy: opening reads the superblock, listing reads inodes and directory blocks, and a read
-decodes only the pclusters covering the requested range (kept in a small LRU).
+decodes only the pclusters covering the requested range (kept in a small LRU). Whole-tree metadata
+(``walk_table``, and ``find_special`` over it) decodes a directory level at a time with numpy
+(``erofs_tables.py``).
 
 LZ4 decoding: EROFS pclusters are raw LZ4 *blocks* decoded to a known output length. With 0PADDING
 (what mkfs.erofs writes for compressed images unless ``-E legacy-compress -zlz4``) the stream ends

@@ -10,7 +10,9 @@ blocks. We add:
 * extended attributes, which dissect does not parse (format: squashfs-tools squashfs_fs.h and
   linux fs/squashfs/xattr.c: an id table of (ref, count, size) pointing into an xattr metadata area
   of (type, name, value) records; out-of-line values hold a reference instead of the value);
-* device numbers (linux new_decode_dev), hard link counts for the short inode types.
+* device numbers (linux new_decode_dev), hard link counts for the short inode types;
+* whole-tree metadata (``walk_table``, and ``find_special`` over it) from the inode and directory
+  tables decoded in bulk (``squashfs_tables.py``), not one dissect object per entry.
 """
 
 from __future__ import annotations
