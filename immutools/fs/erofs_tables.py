@@ -39,6 +39,11 @@ FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
 NULL_ADDR32 = 0xFFFFFFFF
 MAX_WARNINGS_PER_LEVEL = 5
 READ_GAP = 4096              # bytes: read through gaps this small between wanted inodes
+READ_BATCH = 8 << 20         # bytes of inode runs gathered at a time
+# erofs_inode_compact / erofs_inode_extended fields: name -> (offset, width)
+INODE_FIELDS = {"format": (0, 2), "xattr_count": (2, 2), "mode": (4, 2), "nb": (6, 2), "size32": (8, 4),
+                "size64": (8, 8), "i_u": (16, 4), "uid16": (24, 2), "gid16": (26, 2), "uid32": (24, 4),
+                "gid32": (28, 4), "nlink32": (44, 4)}
 _IFMT_OK = np.array([stat_mod.S_IFREG, stat_mod.S_IFDIR, stat_mod.S_IFLNK, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
                      stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
 _IFMT_SPECIAL = np.array([stat_mod.S_IFCHR, stat_mod.S_IFBLK, stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
@@ -51,50 +56,52 @@ class ErofsTables:
         self.directory_bytes = 0     # read so far: all directories together stay within a bound
 
     # ---- inodes -------------------------------------------------------------------------------
-    def _inode_windows(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The 64 bytes at each of ``pos`` as rows of an (n, 64) array (zeros past the image end),
-        read in runs of nearby metadata blocks; and whether each inode's first 32 bytes exist."""
+    def _inode_fields(self, pos: np.ndarray, fields: dict[str, tuple[int, int]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The little-endian ``fields`` (name -> (offset, width)) of the inodes at ``pos``, and
+        whether each inode's first 32 bytes exist in the image.
+
+        Inodes are read in runs (inodes at most READ_GAP bytes apart share one read: the bytes they
+        occupy and the small gaps, not whole blocks), and gathered a batch of runs at a time so
+        memory stays near READ_BATCH whatever the level's size. Bytes past the image end read 0."""
         fs = self.fs
         size = fs.source.size
-        out = np.zeros((len(pos), 64), dtype=np.uint8)
+        out = {name: np.zeros(len(pos), dtype=f"<u{width}") for name, (_off, width) in fields.items()}
         present = (pos >= 0) & (pos + 32 <= size)
         order = np.argsort(pos, kind="stable")
         order = order[present[order]]
         if not len(order):
             return out, present
         spos = pos[order]
-        # Runs of inodes at most READ_GAP bytes apart, one read each: the bytes the inodes occupy
-        # and the small gaps between them, not whole blocks.
         breaks = np.flatnonzero(np.diff(spos) > READ_GAP + 64) + 1
-        bounds = np.concatenate([[0], breaks, [len(spos)]]).tolist()
+        bounds = np.concatenate([[0], breaks, [len(spos)]])
         starts = spos[bounds[:-1]]
-        ends = np.minimum(spos[np.asarray(bounds[1:]) - 1] + 64, size)
+        ends = np.minimum(spos[bounds[1:] - 1] + 64, size)
         read = fs.source.read_at
-        pieces = [read(lo, hi - lo).ljust(hi - lo, b"\0") for lo, hi in zip(starts.tolist(), ends.tolist())]
-        _blob, joined = joined_padded(pieces)
-        run_at = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
-        run_of = np.repeat(np.arange(len(pieces)), np.diff(bounds))
-        local = run_at[run_of] + (spos - starts[run_of])
-        out[order] = joined[local[:, None] + np.arange(64, dtype=np.int64)]
+        first_run, pieces, held = 0, [], 0
+        for run, (lo, hi) in enumerate(zip(starts.tolist(), ends.tolist())):
+            pieces.append(read(lo, hi - lo).ljust(hi - lo, b"\0"))
+            held += hi - lo
+            if held < READ_BATCH and run + 1 < len(starts):
+                continue
+            _blob, joined = joined_padded(pieces)
+            a, b = int(bounds[first_run]), int(bounds[run + 1])
+            run_at = np.concatenate([[0], np.cumsum(ends[first_run: run + 1] - starts[first_run: run + 1])[:-1]])
+            run_of = np.repeat(np.arange(run + 1 - first_run), np.diff(bounds[first_run: run + 2]))
+            local = run_at[run_of] + (spos[a:b] - starts[first_run + run_of])
+            for name, (offset, width) in fields.items():
+                out[name][order[a:b]] = gather_le(joined, local + offset, width)
+            first_run, pieces, held = run + 1, [], 0
         return out, present
 
     def decode_inodes(self, nids: np.ndarray) -> dict[str, np.ndarray]:
         fs = self.fs
-        bs = fs.block_size
         size = fs.source.size
         pos = fs.meta_base + nids.astype(np.int64) * 32
         ok = (nids < (1 << 58)) & (pos >= 0)
         pos = np.where(ok, pos, 0)
-        win, present = self._inode_windows(pos)
+        f, present = self._inode_fields(pos, INODE_FIELDS)
         ok &= present
-
-        def field(offset: int, width: int) -> np.ndarray:
-            return np.ascontiguousarray(win[:, offset: offset + width]).view(f"<u{width}").reshape(-1)
-
-        ifmt = field(0, 2)
-        icount = field(2, 2)
-        mode = field(4, 2).astype(np.uint32)
-        i_nb = field(6, 2)
+        ifmt, icount, mode, i_nb = f["format"], f["xattr_count"], f["mode"].astype(np.uint32), f["nb"]
         extended = (ifmt & I_VERSION_EXTENDED) != 0
         # An extended inode's second half lies in the next block when it crosses one; the buffer
         # holds that block right after (both were wanted), unless the image ends first.
@@ -103,13 +110,9 @@ class ErofsTables:
         ok &= ((ifmt >> 1) & 7) <= CHUNK_BASED
         ifmt_type = mode & np.uint32(0o170000)
         ok &= np.isin(ifmt_type, _IFMT_OK)
-        c_size = field(8, 4).astype(np.uint64)
-        e_size = field(8, 8)
-        c_uid = field(24, 2).astype(np.uint32)
-        c_gid = field(26, 2).astype(np.uint32)
-        e_uid = field(24, 4)
-        e_gid = field(28, 4)
-        e_nlink = field(44, 4)
+        c_size, e_size = f["size32"].astype(np.uint64), f["size64"]
+        c_uid, c_gid = f["uid16"].astype(np.uint32), f["gid16"].astype(np.uint32)
+        e_uid, e_gid, e_nlink = f["uid32"], f["gid32"], f["nlink32"]
         is_dir = ifmt_type == stat_mod.S_IFDIR
         c_nlink = np.where(~is_dir & ((ifmt & I_NLINK_1_BIT) != 0), 1, i_nb).astype(np.uint32)
         fsize = np.where(extended, e_size, c_size)
@@ -128,7 +131,7 @@ class ErofsTables:
             # where a directory's blocks are: data layout, i_u (startblk) and the end of the inode
             # and its xattrs (an inline tail follows there)
             "layout": ((ifmt >> 1) & 7).astype(np.int64),
-            "startblk": field(16, 4).astype(np.int64),
+            "startblk": f["i_u"].astype(np.int64),
             "meta_end": pos + np.where(extended, 64, 32) + xattr_isize,
         }
 
