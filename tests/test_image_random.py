@@ -7,6 +7,7 @@ on the whole image and on sampled ranges (random offsets, block boundaries, the 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import struct
 import subprocess
@@ -222,3 +223,60 @@ def test_bzip2_equals_bzip2(cmd, tmp_path):
     with open_image(path, progress=False, cache=False) as img:
         assert img.access == "decompressed" and not img.warnings
         _check_against(img, _reference(["bzip2", "-dc"], path))
+
+
+@pytest.mark.parametrize("cmd", [["lbzip2", "-c", "-n", "2", "-9"], ["pbzip2", "-c", "-p2", "-9"], ["bzip2", "-c", "-1"]])
+def test_bzip2_block_decoder_takes_the_file_and_equals_bzip2(cmd, tmp_path, monkeypatch):
+    """The block-parallel decoder handles the file itself (no fallback), decodes each distinct
+    all-zero block once, and its output equals ``bzip2 -dc``."""
+    if not have(cmd[0]):
+        pytest.skip(f"{cmd[0]} not installed")
+    from immutools.image import bzip2blocks
+    from immutools.image.compressed import _SparseWriter
+    from immutools.image.guard import ExpansionGuard
+    from immutools.image.progress import Progress
+    from immutools.image.source import FileSource
+    from immutools.limits import DEFAULT_LIMITS
+
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:  # a 264 MiB GPT disk, data at 100 MiB, zeros elsewhere
+        f.truncate(264 * MiB)
+    subprocess.run(["sgdisk", "-o", "-n", "1:2048:+200M", str(disk)], check=True, capture_output=True)
+    with open(disk, "r+b") as f:
+        f.seek(100 * MiB)
+        f.write(random.Random(5).randbytes(3 * MiB))
+    path = tmp_path / "disk.bz2"
+    with open(disk, "rb") as fin, open(path, "wb") as out:
+        subprocess.run(cmd, stdin=fin, stdout=out, check=True)
+    decoded = []
+    real = bzip2blocks._decode_one
+    monkeypatch.setattr(bzip2blocks, "_decode_one", lambda wrapped: decoded.append(len(wrapped)) or real(wrapped))
+    out_path = tmp_path / "out.raw"
+    fd = os.open(out_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        writer = _SparseWriter(fd, DEFAULT_LIMITS.max_decompressed_bytes, str(path), "bzip2", str(tmp_path))
+        src = FileSource(path)
+        assert bzip2blocks.decode_blocks(src, writer, ExpansionGuard(str(path), "bzip2", DEFAULT_LIMITS),
+                                         Progress("x", src.size, False))
+        writer.finish()
+        src.close()
+    finally:
+        os.close(fd)
+    reference = _reference(["bzip2", "-dc"], path)
+    assert hashlib.sha256(out_path.read_bytes()).hexdigest() == hashlib.sha256(reference).hexdigest()
+    blocks = len(bzip2blocks._magic_positions(FileSource(path)))
+    assert len(decoded) < blocks // 2, (len(decoded), blocks)  # the zero blocks were decoded once
+
+
+def test_bzip2_magic_search_matches_bit_offsets(tmp_path):
+    """Every block magic found lies where a block starts: the first right after 'BZh9', and the
+    stream's end magic is followed by the combined CRC and padding to the end of the file."""
+    from immutools.image import bzip2blocks
+    from immutools.image.source import FileSource
+
+    path = tmp_path / "two-blocks.bz2"
+    path.write_bytes(_compress(["bzip2", "-c", "-1"], os.urandom(150_000)))
+    found = bzip2blocks._magic_positions(FileSource(path))
+    assert found[0] == (32, bzip2blocks.BLOCK_MAGIC)
+    assert [m for _pos, m in found] == [bzip2blocks.BLOCK_MAGIC, bzip2blocks.BLOCK_MAGIC, bzip2blocks.END_MAGIC]
+    assert (found[-1][0] + 80 + 7) // 8 == path.stat().st_size

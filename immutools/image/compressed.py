@@ -410,7 +410,8 @@ def decompress_into(
     """Decompress all of ``src`` into the empty file ``fd`` (sparse), guarded against bombs.
 
     Returns (decompressed size, warnings). gzip goes through rapidgzip's parallel decoder when it
-    is installed and the input decodes cleanly with it; anything it rejects is decoded again by the
+    is installed and the input decodes cleanly with it, bzip2 through our block-parallel decoder
+    (``immutools.image.bzip2blocks``); anything they reject is decoded again by the sequential
     standard-library path, which gives the precise error or warning.
     """
     if codec not in CODECS:
@@ -422,6 +423,15 @@ def decompress_into(
             writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
             guard = ExpansionGuard(display, codec, limits)
             if _decode_rapidgzip(src, writer, guard, bar):
+                guard.finish()
+                return writer.finish(), []
+            _reset(fd)
+        if codec == "bzip2":
+            from immutools.image.bzip2blocks import decode_blocks
+
+            writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
+            guard = ExpansionGuard(display, codec, limits)
+            if decode_blocks(src, writer, guard, bar):
                 guard.finish()
                 return writer.finish(), []
             _reset(fd)
