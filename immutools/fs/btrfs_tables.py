@@ -26,7 +26,6 @@ without a ROOT_REF (a snapshot of a parent that had a nested subvolume) it is an
 
 from __future__ import annotations
 
-import bisect
 import stat as stat_mod
 import struct
 from dataclasses import dataclass
@@ -35,7 +34,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from immutools.errors import CorruptDataError, ImmutoolsError, LimitExceededError
-from immutools.fs.bulk import Frontier, Level, breadth_first_table, empty_table, gather_le, normalize_paths
+from immutools.fs.bulk import (
+    Frontier,
+    Level,
+    breadth_first_table,
+    empty_table,
+    gather_le,
+    joined_padded,
+    normalize_paths,
+)
 from immutools.fs.table import SPECIAL_BITS, EntryTable
 
 if TYPE_CHECKING:
@@ -80,44 +87,51 @@ class BtrfsTables:
         self._columns: dict[tuple[int, bool], TreeColumns] = {}
 
     # ---- reading a tree -----------------------------------------------------------------------
-    def _physical(self, address: int):
-        """(device source, physical offset) of a whole node on a SINGLE or DUP chunk (first copy),
-        or None: other profiles, and nodes crossing a chunk's end, go through dissect's stream."""
-        from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP, BTRFS_BLOCK_GROUP_PROFILE_MASK
+    def _chunk_map(self):
+        """Per chunk (sorted by logical offset): start, end, physical start of the first stripe
+        and its device, for SINGLE and DUP chunks (first copy) on a device we read directly;
+        other profiles go through dissect's stream."""
+        if getattr(self, "_chunks", None) is None:
+            from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP, BTRFS_BLOCK_GROUP_PROFILE_MASK
 
-        stream = self.btrfs._logical_fh
-        i = bisect.bisect_right(stream._chunk_offsets, address) - 1
-        if i < 0:
-            return None
-        chunk = stream.chunks[i]
-        profile = int(chunk.type) & int(BTRFS_BLOCK_GROUP_PROFILE_MASK)
-        if profile not in (0, int(BTRFS_BLOCK_GROUP.DUP)) or address + self.node_size > chunk.offset + chunk.length:
-            return None
-        stripe = chunk.stripes[0]
-        if stripe.fh is None or not hasattr(stripe.fh, "read_at"):
-            return None
-        return stripe.fh, stripe.offset + address - chunk.offset
+            direct = (0, int(BTRFS_BLOCK_GROUP.DUP))
+            rows = []
+            for chunk in self.btrfs._logical_fh.chunks:
+                stripe = chunk.stripes[0]
+                if (int(chunk.type) & int(BTRFS_BLOCK_GROUP_PROFILE_MASK)) in direct and stripe.fh is not None \
+                        and hasattr(stripe.fh, "read_at"):
+                    rows.append((chunk.offset, chunk.offset + chunk.length, stripe.offset, stripe.fh))
+            self._chunks = (np.asarray([r[0] for r in rows], dtype=np.int64),
+                            np.asarray([r[1] for r in rows], dtype=np.int64),
+                            np.asarray([r[2] for r in rows], dtype=np.int64), [r[3] for r in rows])
+        return self._chunks
 
     def _read_nodes(self, addresses: list[int]) -> list[bytes | None]:
-        """The nodes at ``addresses``; nodes next to each other on disk are read with one call."""
+        """The nodes at ``addresses`` (None where unreadable); nodes next to each other on disk
+        are read with one call."""
         ns = self.node_size
         out: list[bytes | None] = [None] * len(addresses)
+        lo, hi, phys0, devices = self._chunk_map()
+        addr = np.asarray(addresses, dtype=np.int64)
+        i = np.searchsorted(lo, addr, side="right") - 1
+        ic = np.clip(i, 0, max(len(lo) - 1, 0))
+        direct = (i >= 0) & (addr + ns <= hi[ic]) if len(lo) else np.zeros(len(addr), bool)
+        phys = np.where(direct, phys0[ic] + addr - lo[ic], -1) if len(lo) else addr
         runs: list[tuple[object, int, list[int]]] = []   # (device, physical start, indexes)
-        for k, address in enumerate(addresses):
-            where = self._physical(address)
-            if where is None:
+        for k, (ok, p, c) in enumerate(zip(direct.tolist(), phys.tolist(), ic.tolist())):
+            if not ok:
                 try:
-                    out[k] = self.btrfs._read_node(address)
+                    out[k] = self.btrfs._read_node(addresses[k])
                 except Exception:  # noqa: BLE001 - dissect raises anything on an unmapped address
                     out[k] = None
                 continue
-            dev, phys = where
-            if runs and runs[-1][0] is dev and runs[-1][1] + ns * len(runs[-1][2]) == phys:
+            dev = devices[c]
+            if runs and runs[-1][0] is dev and runs[-1][1] + ns * len(runs[-1][2]) == p:
                 runs[-1][2].append(k)
             else:
-                runs.append((dev, phys, [k]))
-        for dev, phys, members in runs:
-            data = dev.read_at(phys, ns * len(members))
+                runs.append((dev, p, [k]))
+        for dev, start, members in runs:
+            data = dev.read_at(start, ns * len(members))
             for j, k in enumerate(members):
                 out[k] = data[j * ns: (j + 1) * ns]
         return out
@@ -178,19 +192,21 @@ class BtrfsTables:
                                                   "dir_parent", "dir_child", "dir_ctype")}
         dir_names: list[bytes] = []
         ns = self.node_size
+        max_items = (ns - HEADER_SIZE) // ITEM_SIZE
         for batch in self._leaves(subvol_id):
-            blob = b"".join(batch)
-            buf = np.frombuffer(blob + bytes(64), dtype=np.uint8)
-            counts = np.asarray([struct.unpack_from("<I", n, 96)[0] for n in batch], dtype=np.int64)
+            blob, buf = joined_padded(batch)
+            leaves = buf[: len(batch) * ns].reshape(len(batch), ns)
+            counts = leaves[:, 96:100].copy().view("<u4").reshape(-1).astype(np.int64)
+            # Item headers are fixed 25-byte records after each leaf's header: one strided view.
+            items = leaves[:, HEADER_SIZE: HEADER_SIZE + max_items * ITEM_SIZE].reshape(len(batch), max_items, ITEM_SIZE)
+            used = np.arange(max_items)[None, :] < counts[:, None]
+            records = items[used]                                   # (items in the batch, 25)
             leaf_of = np.repeat(np.arange(len(batch), dtype=np.int64), counts)
-            index = np.arange(len(leaf_of)) - np.repeat(np.cumsum(counts) - counts, counts)
-            base = leaf_of * ns
-            ipos = base + HEADER_SIZE + index * ITEM_SIZE
-            objectid = gather_le(buf, ipos, 8)
-            itype = buf[ipos + 8]
-            doff = gather_le(buf, ipos + 17, 4).astype(np.int64)
-            dsize = gather_le(buf, ipos + 21, 4).astype(np.int64)
-            dpos = base + HEADER_SIZE + doff
+            objectid = records[:, 0:8].copy().view("<u8").reshape(-1)
+            itype = records[:, 8]
+            doff = records[:, 17:21].copy().view("<u4").reshape(-1).astype(np.int64)
+            dsize = records[:, 21:25].copy().view("<u4").reshape(-1).astype(np.int64)
+            dpos = leaf_of * ns + HEADER_SIZE + doff
             inside = (HEADER_SIZE + doff + dsize <= ns) & (doff >= 0)
             # INODE_ITEMs
             sel = np.flatnonzero((itype == INODE_ITEM) & inside & (dsize >= INODE_ITEM_SIZE))
