@@ -211,7 +211,7 @@ def cmd_cat(args) -> int:
 def cmd_verify(args) -> int:
     import json
 
-    from immutools.errors import EXIT_VERIFY_FAILED
+    from immutools.errors import EXIT_NOTHING_TO_VERIFY, EXIT_VERIFY_FAILED
     from immutools.verify import verify_image
 
     result = verify_image(args.image, progress=args.progress)
@@ -219,8 +219,6 @@ def cmd_verify(args) -> int:
     if fmt == "json":
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        if not result["targets"]:
-            sys.stdout.write(f"{args.image}: no verity-protected filesystem found\n")
         for row in result["targets"]:
             line = f"slot {row['slot']} (partition {row['partition']}): {row['status']}"
             if row["status"] == "mismatch":
@@ -233,10 +231,16 @@ def cmd_verify(args) -> int:
             elif row.get("detail"):
                 line += f": {row['detail']}"
             sys.stdout.write(line + "\n")
+        if result["status"] == "nothing-to-verify":
+            sys.stdout.write(f"{args.image}: nothing to verify: {result['reason']}\n")
         for w in result["warnings"]:
             sys.stderr.write(f"immutools: warning: {w}\n")
-    if any(r["status"] in ("mismatch", "error") for r in result["targets"]):
+    if result["status"] == "failed":
         return EXIT_VERIFY_FAILED
+    if result["status"] == "nothing-to-verify":
+        if fmt == "json":
+            sys.stderr.write(f"immutools: nothing to verify: {result['reason']}\n")
+        return EXIT_NOTHING_TO_VERIFY
     return EXIT_OK
 
 

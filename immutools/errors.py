@@ -8,6 +8,7 @@ Exit codes are a public interface (documented in the README):
   4  I/O error reading the input or writing the output
   5  a resource limit was hit (decompressed size, memory, recursion)
   6  verification failed (``immutools verify``: a hash mismatch)
+  7  nothing to verify (``immutools verify``: no dm-verity target, or none the boot chain pairs with a root hash)
 """
 
 EXIT_OK = 0
@@ -16,6 +17,7 @@ EXIT_BAD_IMAGE = 3
 EXIT_IO = 4
 EXIT_LIMIT = 5
 EXIT_VERIFY_FAILED = 6
+EXIT_NOTHING_TO_VERIFY = 7
 
 
 class ImmutoolsError(Exception):

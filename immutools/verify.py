@@ -1,6 +1,11 @@
 """``verify``: recompute each verity-protected OS filesystem's hash tree and compare it with the
 root hash the boot chain would use. Which partitions and which root hash is the collector's
-knowledge (``integrity.targets`` in its report); the hashing is ``immutools.fs.verity.verify``."""
+knowledge (``integrity.targets`` in its report); the hashing is ``immutools.fs.verity.verify``.
+
+The result's ``status`` says what happened as a whole: ``verified`` (every target checked and
+matched), ``failed`` (a mismatch or an unreadable target), or ``nothing-to-verify`` (no target, or a
+target the boot chain names no root hash for: a verity hash partition nobody pairs is not a
+verified one); ``ok`` is true only for ``verified``."""
 
 from __future__ import annotations
 
@@ -63,12 +68,30 @@ def verify_image(path: str, limits: Limits = DEFAULT_LIMITS, progress: bool | No
             except ImmutoolsError as exc:
                 row.update(status="error", detail=str(exc))
             results.append(row)
+        orphans = [v.describe() for v in image.volumes
+                   if v.fstype == "dm-verity" and all(t.get("hash_partition") != v.number for t in targets)]
         warnings = list(image.warnings)
+    if any(r["status"] in ("mismatch", "error") for r in results):
+        status, reason = "failed", None
+    elif not results or any(r["status"] != "ok" for r in results):
+        status = "nothing-to-verify"
+        unpaired = [f"slot {r['slot']} (partition {r['partition']})" for r in results if r["status"] == "no-root-hash"]
+        if unpaired:
+            reason = f"no root hash for {', '.join(unpaired)}: the boot chain names none, so nothing can be checked against it"
+        elif orphans:
+            reason = (f"dm-verity hash data in {', '.join(orphans)}, but no data partition and root hash could be paired "
+                      "with it (no signature partition, no roothash=/usrhash= naming it)")
+        else:
+            reason = "no dm-verity protected filesystem in the image"
+    else:
+        status, reason = "verified", None
     return {
         "path": path,
         "collector": collector.name if collector else None,
         "verity": bool(targets),
         "targets": results,
-        "ok": bool(results) and all(r["status"] == "ok" for r in results if r["status"] != "no-root-hash"),
+        "status": status,
+        "reason": reason,
+        "ok": status == "verified",
         "warnings": warnings,
     }
