@@ -2,14 +2,21 @@
 
 Recognition is generic: partitions are classified by their type GUID, which the DPS defines per
 role and architecture (``immutools.volumes.types.lookup_type_entry`` gives role and arch). For the
-main role (``usr`` when present, else ``root``) every data partition is a slot; its dm-verity hash
-partition and verity signature partition are paired to it by label (``Name_Version``,
-``..._verity``, ``..._verity_sig``) or, per the DPS, by partition UUID (first / last 128 bits of
-the root hash). ``_empty`` labels mark slots systemd-repart created for the next update. The
-signature partition's JSON gives the root hash; the default UKI in ``/EFI/Linux`` (systemd-boot's
-order) pins its ``/usr`` with ``usrhash=``/``roothash=``, which decides the active slot.
+main role (``usr`` when present, else ``root``) every data partition is a slot. A slot's root hash
+comes from its verity signature partition's JSON (``rootHash``) or from the boot chain: the default
+UKI in ``/EFI/Linux`` (systemd-boot's order) carries ``roothash=``/``usrhash=`` in its ``.cmdline``.
+The hash pairs the data and verity partitions by partition UUID (first / last 128 bits), as
+systemd-veritysetup-generator does (``immutools.system.gpt_auto.pair_by_root_hash``); the labels
+(``Name_Version``, ``..._verity``, ``..._verity_sig``) only tie partitions when no hash is known
+(mkosi gives root and verity the same label and writes no signature partition). ``_empty`` labels
+mark slots systemd-repart created for the next update; the hash the default UKI pins decides the
+active slot.
 
-Facts come from ``data/distributions/dps.yaml`` (which cites shared/reference/ostree-and-others.md).
+What the running system mounts besides root and /usr (ESP on ``/efi`` or ``/boot``, XBOOTLDR,
+/home, /srv, /var, /var/tmp, swap) is systemd-gpt-auto-generator's decision, applied by
+``immutools.system.gpt_auto.gpt_auto_mounts`` to the root tree before those mounts.
+
+Facts come from ``data/distributions/dps.yaml``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from immutools.disk import DiskImage, Volume
 from immutools.errors import ImmutoolsError
 from immutools.knowledge import load_distribution
 from immutools.report.model import evidence
+from immutools.system.gpt_auto import (
+    SRC_DPS, SRC_GPT_AUTO, SRC_VERITY, GptEntry, cmdline_verity, entries_of, gpt_auto_mounts, pair_by_root_hash,
+    root_hash_uuids, root_stays_read_only,
+)
 from immutools.volumes.types import lookup_type_entry
 
 _HEX = re.compile(r"^[0-9a-f]{32,128}$")
@@ -135,50 +146,68 @@ class DpsCollector(Collector):
         return None, None
 
     # ------------------------------------------------------------------------------- slots
-    def _slots(self, image: DiskImage, rows: list[dict], role: str) -> list[dict]:
+    def _slots(self, image: DiskImage, rows: list[dict], role: str, entries: list[GptEntry],
+               boot_hash: tuple[str | None, dict | None, str | None, str | None]) -> list[dict]:
+        """Slots of the main role: each data partition with its verity and signature partitions.
+
+        ``boot_hash``: (root hash, its evidence, explicit data device, explicit hash device) the
+        default UKI's command line gives for ``role``. A slot's root hash is its signature
+        partition's ``rootHash``, else the boot chain's hash when that names this partition; the
+        hash then pairs the verity partition by UUID exactly as systemd does
+        (``gpt_auto.pair_by_root_hash``), labels only when no hash is known."""
         k = self.k
+        pinned, pinned_ev, data_dev, hash_dev = boot_hash
+        pinned_uuids = root_hash_uuids(pinned)
         data = sorted((r for r in rows if r["role"] == role and r["arch"]), key=lambda r: r["vol"].number)
         verity = [r for r in rows if r["role"] == f"{role}-verity"]
         sigs = [r for r in rows if r["role"] == f"{role}-verity-sig"]
+        by_number = {r["vol"].number: r for r in rows}
         used: set[int] = set()
         slots = []
         for i, d in enumerate(data):
             empty = d["label"] == k["empty_label"]
             pending = any(d["label"].startswith(p) for p in k["pending_label_prefixes"])
             slot = {"name": _slot_name(i), "data": d, "verity": None, "sig": None, "empty": empty, "pending": pending,
-                    "signature": None, "signature_problem": None, "root_hash": None, "pairing": None, "evidence": []}
+                    "signature": None, "signature_problem": None, "root_hash": None, "root_hash_source": None,
+                    "pairing": None, "pairing_problems": [], "evidence": []}
             if not empty:
                 label = d["label"]
-                slot["verity"] = next((v for v in verity if v["label"] == label + k["verity_label_suffix"]
-                                       and v["vol"].number not in used), None)
                 slot["sig"] = next((s for s in sigs if s["label"] == label + k["signature_label_suffix"]
                                     and s["vol"].number not in used), None)
                 if slot["sig"] is None:
-                    # DPS pairing: the signature's root hash names the data partition by its UUID
+                    # DPS: the signature's root hash names the data partition by its UUID
                     for s in sigs:
                         if s["vol"].number in used or s["label"] == k["empty_label"]:
                             continue
                         sig, _ = self._signature(s["vol"])
-                        if sig and self._uuid(sig["rootHash"], first=True) == d["uuid"]:
+                        if sig and (root_hash_uuids(sig["rootHash"]) or ("",))[0] == d["uuid"]:
                             slot["sig"] = s
                             break
+                hash_source = None
                 if slot["sig"] is not None:
                     sig, problem = self._signature(slot["sig"]["vol"])
                     slot["signature"], slot["signature_problem"] = sig, problem
                     if sig:
                         slot["root_hash"] = sig["rootHash"]
-                        slot["evidence"].append(evidence(f"{slot['sig']['vol'].describe()}: JSON rootHash", sig["rootHash"]))
-                if slot["verity"] is None and slot["root_hash"]:
-                    last = self._uuid(slot["root_hash"], first=False)
-                    slot["verity"] = next((v for v in verity if v["uuid"] == last and v["vol"].number not in used), None)
+                        slot["root_hash_source"] = f"verity signature partition {slot['sig']['vol'].number} (rootHash)"
+                        hash_source = evidence(f"{slot['sig']['vol'].describe()}: JSON rootHash", sig["rootHash"])
+                if slot["root_hash"] is None and pinned and pinned_uuids and pinned_uuids[0] == d["uuid"]:
+                    slot["root_hash"] = pinned.lower()
+                    slot["root_hash_source"] = pinned_ev["source"] if pinned_ev else "the kernel command line"
+                    hash_source = pinned_ev
                 if slot["root_hash"]:
-                    ok_data = self._uuid(slot["root_hash"], first=True) == d["uuid"]
-                    ok_hash = slot["verity"] is not None and self._uuid(slot["root_hash"], first=False) == slot["verity"]["uuid"]
-                    slot["pairing"] = ok_data and ok_hash
-                    slot["evidence"].append(evidence(
-                        f"{d['vol'].describe()} / {slot['verity']['vol'].describe() if slot['verity'] else 'no verity partition'}",
-                        "partition UUIDs are the first/last 128 bits of the root hash" if slot["pairing"]
-                        else "partition UUIDs do not match the root hash halves"))
+                    explicit = (data_dev, hash_dev) if pinned and slot["root_hash"] == pinned.lower() else (None, None)
+                    pair = pair_by_root_hash(entries, slot["root_hash"], role, hash_source,
+                                             data_device=explicit[0], hash_device=explicit[1])
+                    slot["evidence"] += pair.evidence
+                    slot["pairing_problems"] = pair.problems
+                    if pair.hash is not None and pair.hash.number not in used and by_number.get(pair.hash.number, {}).get("role") == f"{role}-verity":
+                        slot["verity"] = by_number[pair.hash.number]
+                    slot["pairing"] = pair.paired and pair.data is not None and pair.data.number == d["vol"].number
+                if slot["verity"] is None and not slot["root_hash"]:
+                    # no root hash anywhere: the Name_Version labels are all that ties them
+                    slot["verity"] = next((v for v in verity if v["label"] == label + k["verity_label_suffix"]
+                                           and v["vol"].number not in used), None)
             for key in ("verity", "sig"):
                 if slot[key] is not None:
                     used.add(slot[key]["vol"].number)
@@ -194,15 +223,6 @@ class DpsCollector(Collector):
             d = slot["data"]
             slot["version"] = None if slot["empty"] else self._label_version(d["label"])
         return slots
-
-    @staticmethod
-    def _uuid(root_hash: str, first: bool) -> str | None:
-        import uuid
-
-        if len(root_hash) < 64:
-            return None
-        half = root_hash[:32] if first else root_hash[-32:]
-        return str(uuid.UUID(half))
 
     @staticmethod
     def _label_version(label: str, image_id: str | None = None) -> str | None:
@@ -274,20 +294,24 @@ class DpsCollector(Collector):
 
     # ------------------------------------------------------------------------------- collect
     def collect(self, image: DiskImage, detection: Detection) -> dict:
+        from immutools.collectors.common import resolve_lenient
         from immutools.system.mounts import MountEntry, MountTable, path_rows
         from immutools.system.rootview import OsTree
+        from immutools.system.sdboot import version_compare
         from immutools.system.surface import inventory
         from immutools.system.units import UnitSet
 
         k = self.k
         rows = self._classify(image)
+        entries = entries_of(image)
         role = detection.facts.get("role") or self._main_role(rows)
-        slots = self._slots(image, rows, role)
         ukis, default_how, esp = self._ukis(image)
         default_uki = next((u for u in ukis if u["default"]), None)
         cmdline = default_uki["cmdline"] if default_uki else None
         hash_key = "usrhash" if role == "usr" else "roothash"
-        pinned = cmdline.get(hash_key) if cmdline else None
+        pinned, data_dev, hash_dev = cmdline_verity(cmdline, role)
+        pinned_ev = cmdline.evidence(hash_key) if pinned else None
+        slots = self._slots(image, rows, role, entries, (pinned, pinned_ev, data_dev, hash_dev))
 
         # --- identity ------------------------------------------------------------------------------
         image_id = None
@@ -302,15 +326,11 @@ class DpsCollector(Collector):
                 slot["version"] = self._label_version(slot["data"]["label"], image_id)
 
         # --- the active slot: the one the default UKI pins, else the highest version --------------
-        from immutools.system.sdboot import version_compare
-
         active = None
         how = None
         if pinned:
-            active = next((s for s in slots if s["root_hash"] == pinned), None)
-            if active is None:
-                active = next((s for s in slots if not s["empty"] and s["data"]["uuid"] == self._uuid(pinned, True)), None)
-            how = f"default UKI {default_uki['path']} pins it with {hash_key}=" if active else None
+            active = next((s for s in slots if s["root_hash"] and s["root_hash"] == pinned.lower()), None)
+            how = f"default UKI {default_uki['path']} pins it with {hash_key}= (its first 128 bits are the partition UUID)" if active else None
         if active is None:
             candidates = [s for s in slots if not s["empty"] and not s["pending"] and not s["data"]["no_auto"]]
             for s in candidates:
@@ -318,8 +338,9 @@ class DpsCollector(Collector):
                     active = s
             how = "highest version among the labels (DPS: strverscmp order)" if active else None
         parsed, os_ev = (self._os_release(image, active["data"]["vol"], role) if active else (None, None))
+        verity_on = bool(active and active["verity"] is not None and active["root_hash"] and active["pairing"])
 
-        # --- the running tree ------------------------------------------------------------------------
+        # --- the running tree: root (and /usr), then what systemd-gpt-auto-generator adds ----------
         tree = OsTree(image.limits)
         root_row = next((r for r in rows if r["role"] == "root" and r["arch"] and not r["no_auto"]
                          and r["label"] != k["empty_label"]), None) if role == "usr" else (active["data"] if active else None)
@@ -327,58 +348,53 @@ class DpsCollector(Collector):
         have_root = mount_fs(tree, "/", image, root_vol) if root_vol is not None else False
         if role == "usr" and active is not None:
             mount_fs(tree, "/usr", image, active["data"]["vol"])
-        xbootldr = next((v for v in image.volumes if v.type_key == "xbootldr"), None)
-        esp_target = "/boot" if xbootldr is None and have_root and tree.exists("/boot") else "/efi"
-        if xbootldr is not None:
-            mount_fs(tree, "/boot", image, xbootldr)
-        if esp is not None:
-            mount_fs(tree, esp_target, image, esp)
-        extra = []
-        for r in rows:
-            target = k["mount_targets"].get(r["role"])
-            if target and not r["no_auto"] and r["label"] != k["empty_label"] and all(e["role"] != r["role"] for e in extra):
-                if mount_fs(tree, target, image, r["vol"]):
-                    extra.append(r | {"target": target})
+        fstab_targets, fstab_swap = self._fstab_targets(image, tree) if have_root else (set(), False)
+        machine_id = self._machine_id(tree) if have_root else None
+        decisions = gpt_auto_mounts(entries, tree, fstab_targets=fstab_targets, fstab_has_swap=fstab_swap,
+                                    machine_id=machine_id, cmdline=cmdline, on_root_disk=True)
+        by_number = {v.number: v for v in image.volumes}
+        placed = []
+        for d in decisions:
+            if d.target and d.target.startswith("/") and mount_fs(tree, d.target, image, by_number.get(d.entry.number)):
+                placed.append(d)
+        esp_decision = next((d for d in decisions if d.designator == "esp"), None)
         units = UnitSet(tree)
 
         # --- mounts --------------------------------------------------------------------------------
-        ref = k["source_ref"]
         table = MountTable()
         if root_vol is not None:
-            ro = root_row["read_only"]
-            table.add(MountEntry("/", f"PARTUUID={root_vol.partition.uuid}", root_vol.fstype, ["ro" if ro else "rw"],
-                                 observed=False, volume=root_vol,
-                                 evidence=[evidence(f"{root_vol.describe()}: GPT entry", f"DPS type {root_row['key']}"),
-                                           evidence(ref, "root found by type on the boot disk (root=dissect / gpt-auto)", False)]
-                                 + ([cmdline.evidence("root")] if cmdline and cmdline.has("root") else [])))
+            vol = root_vol
+            ev = [evidence(f"{vol.describe()}: GPT entry", f"DPS type {root_row['key']}")]
+            if role == "root" and verity_on:
+                ev += active["evidence"]
+                table.add(MountEntry("/", "/dev/mapper/root", vol.fstype, ["ro"], integrity="dm-verity", persistence="image",
+                                     observed=False, volume=vol,
+                                     evidence=ev + [evidence(SRC_VERITY, "roothash= sets up /dev/mapper/root; the initrd mounts it read-only", False)]))
+            else:
+                stays_ro, access_ev = root_stays_read_only(GptEntry.from_partition(vol.partition, vol.fstype), cmdline)
+                table.add(MountEntry("/", f"PARTUUID={vol.partition.uuid}", vol.fstype, ["ro" if stays_ro else "rw"],
+                                     observed=False, volume=vol,
+                                     evidence=ev + [evidence(SRC_GPT_AUTO, "root found by type on the boot disk (root=gpt-auto)", False),
+                                                    access_ev]
+                                     + ([cmdline.evidence("root")] if cmdline and cmdline.has("root") else [])))
         else:
             table.add(MountEntry("/", "tmpfs", "tmpfs", ["rw"], observed=False,
-                                 evidence=[evidence(ref, "no root partition: nothing persistent to mount at / (systemd-repart creates one at first boot)", False)]))
+                                 evidence=[evidence(SRC_DPS, "no root partition: nothing persistent to mount at / (systemd-repart creates one at first boot)", False)]))
         if role == "usr" and active is not None:
             vol = active["data"]["vol"]
             ev = [evidence(f"{vol.describe()}: GPT entry", f"DPS type {active['data']['key']}")] + active["evidence"]
-            if pinned:
-                ev.append(cmdline.evidence(hash_key))
-            table.add(MountEntry("/usr", "/dev/mapper/usr", vol.fstype, ["ro"], integrity="dm-verity" if active["verity"] else "none",
-                                 persistence="image", observed=False, volume=vol, evidence=ev))
-        if xbootldr is not None:
-            table.add(MountEntry("/boot", f"PARTUUID={xbootldr.partition.uuid}", xbootldr.fstype, ["rw", "umask=0077"], observed=False,
-                                 volume=xbootldr, evidence=[evidence(f"{xbootldr.describe()}: GPT entry", "XBOOTLDR"), evidence(ref, "auto-mounted", False)]))
-        if esp is not None:
-            table.add(MountEntry(esp_target, f"PARTUUID={esp.partition.uuid}", esp.fstype, ["rw", "umask=0077"], observed=False,
-                                 volume=esp, evidence=[evidence(f"{esp.describe()}: GPT entry", "ESP"),
-                                                       evidence(ref, f"auto-mounted at {esp_target}", False)]))
-        for r in extra:
-            vol = r["vol"]
-            table.add(MountEntry(r["target"], f"PARTUUID={vol.partition.uuid}", vol.fstype, ["ro" if r["read_only"] else "rw"],
-                                 observed=False, volume=vol,
-                                 evidence=[evidence(f"{vol.describe()}: GPT entry", f"DPS type {r['key']}"), evidence(ref, "auto-mounted by type", False)]))
+            table.add(MountEntry("/usr", "/dev/mapper/usr" if verity_on else f"PARTUUID={vol.partition.uuid}", vol.fstype, ["ro"],
+                                 integrity="dm-verity" if verity_on else "none", persistence="image", observed=False,
+                                 volume=vol, evidence=ev))
+        for d in placed:
+            vol = by_number[d.entry.number]
+            options = list(d.options) + (["x-systemd.automount"] if d.automount else [])
+            table.add(MountEntry(d.target, f"PARTUUID={vol.partition.uuid}", vol.fstype, options, observed=False,
+                                 volume=vol, evidence=d.evidence))
         skipped = add_enabled_mount_units(table, units, tree)
         if table.get("/run") is None:
             table.add(MountEntry("/run", "tmpfs", "tmpfs", ["nosuid", "nodev", "mode=755"], observed=False,
                                  evidence=[evidence("systemd API filesystems", "/run is a tmpfs", False)]))
-
-        from immutools.collectors.common import resolve_lenient
 
         paths = path_rows(table, resolve=lambda p: resolve_lenient(tree, p))
         surface = inventory(tree, cmdline, units).to_report()
@@ -395,7 +411,7 @@ class DpsCollector(Collector):
                               "label": s["data"]["label"], "root_hash": s["root_hash"]})
         upd_ev = [evidence(t["path"], "systemd-sysupdate transfer") for t in transfers][:4]
         if how:
-            upd_ev.append(evidence(default_uki["evidence"]["source"] if default_uki else "partition labels", how))
+            upd_ev.append(evidence(default_uki["evidence"]["source"] if default_uki and pinned else "partition labels", how))
         update = {
             "mechanism": "ab-partitions" if len(slots) > 1 or transfers else "none",
             "agent": "systemd-sysupdate" if transfers else None,
@@ -415,21 +431,20 @@ class DpsCollector(Collector):
                 continue
             targets.append({"slot": s["name"], "partition": s["data"]["vol"].number, "data_offset": 0,
                             "hash_partition": s["verity"]["vol"].number, "hash_offset": 0, "superblock": True,
-                            "root_hash": s["root_hash"] or (pinned if s is active else None),
-                            "root_hash_source": (f"verity signature partition {s['sig']['vol'].number} (rootHash)" if s["root_hash"]
-                                                 else f"UKI {default_uki['path']} {hash_key}=" if s is active and pinned else None)})
-        root_hash = (active or {}).get("root_hash") or pinned
+                            "root_hash": s["root_hash"], "root_hash_source": s["root_hash_source"]})
+        root_hash = (active or {}).get("root_hash") or (pinned.lower() if pinned else None)
         sig = (active or {}).get("signature")
+        hash_location = "; ".join(x for x in (
+            f"verity signature partition {active['sig']['vol'].number} rootHash" if active and active["sig"] and sig else None,
+            f"UKI {default_uki['path']} {hash_key}=" if pinned else None) if x) or None
         integrity = {
-            "verity": any(s["verity"] is not None for s in slots if not s["empty"]),
+            "verity": any(s["verity"] is not None and s["root_hash"] for s in slots if not s["empty"]),
             "root_hash": root_hash,
-            "hash_location": (f"verity signature partition {active['sig']['vol'].number} rootHash"
-                              + (f"; UKI {default_uki['path']} {hash_key}=" if pinned else "")) if active and active["sig"] else
-                             (f"UKI {default_uki['path']} {hash_key}=" if pinned else None),
+            "hash_location": hash_location,
             "verified": None,
             "signature": {"present": sig is not None, "certificate_fingerprint": (sig or {}).get("certificateFingerprint"),
                           "checked": False, "note": "the PKCS#7 signature is not checked offline (the kernel keyring decides at boot)"},
-            "evidence": (active or {}).get("evidence", []) + ([cmdline.evidence(hash_key)] if pinned else []),
+            "evidence": (active or {}).get("evidence", []) or ([pinned_ev] if pinned_ev else []),
             "targets": targets,
         }
 
@@ -455,8 +470,9 @@ class DpsCollector(Collector):
             "image_version": (parsed or {}).get("IMAGE_VERSION"),
             "main_role": role,
             "verity_pairing": all(s["pairing"] for s in slots if not s["empty"] and s["root_hash"]) if any(s["root_hash"] for s in slots) else None,
+            "verity_pairing_problems": [p for s in slots for p in s["pairing_problems"]],
             "signature": {"present": sig is not None, "certificate_fingerprint": (sig or {}).get("certificateFingerprint"),
-                          "root_hash_matches_uki": (sig["rootHash"] == pinned) if sig and pinned else None,
+                          "root_hash_matches_uki": (sig["rootHash"] == pinned.lower()) if sig and pinned else None,
                           "problem": (active or {}).get("signature_problem")},
             "default_uki": default_uki["path"] if default_uki else None,
             "default_uki_choice": default_how,
@@ -464,7 +480,10 @@ class DpsCollector(Collector):
                      | {"cmdline": u["cmdline"].text, "image_version": u["os_release"].get("IMAGE_VERSION")} for u in ukis],
             "kernel_cmdline": cmdline.text if cmdline else None,
             "active_slot_choice": how,
-            "esp_mountpoint": esp_target if esp is not None else None,
+            "esp_mountpoint": esp_decision.target if esp_decision else None,
+            "esp_mount_reason": esp_decision.reason if esp_decision else None,
+            "gpt_auto": [{"designator": d.designator, "partition": d.entry.number, "target": d.target,
+                          "options": d.options, "reason": d.reason, "evidence": d.evidence} for d in decisions],
             "partitions": [{"number": r["vol"].number, "designator": r["key"], "label": r["label"], "uuid": r["uuid"],
                             "empty": r["label"] == k["empty_label"], "no_auto": r["no_auto"], "read_only": r["read_only"],
                             "grow_file_system": r["grow"]} for r in rows],
@@ -474,6 +493,32 @@ class DpsCollector(Collector):
         }
         return {"os": os_section, "mounts": table.to_report(), "paths": paths, "update": update,
                 "integrity": integrity, "surface": surface, "distribution": distribution}
+
+    @staticmethod
+    def _fstab_targets(image: DiskImage, tree) -> tuple[set[str], bool]:
+        """Mount points /etc/fstab names (canonical), and whether it defines swap: the generator
+        leaves those to systemd-fstab-generator."""
+        from immutools.collectors.common import resolve_lenient
+        from immutools.system.fstab import parse_fstab
+
+        try:
+            if not tree.exists("/etc/fstab"):
+                return set(), False
+            rows, _warnings = parse_fstab(tree.read_text("/etc/fstab", max_bytes=256 * 1024), "/etc/fstab")
+        except ImmutoolsError as exc:
+            image.warn(f"/etc/fstab unreadable: {exc}")
+            return set(), False
+        targets = {resolve_lenient(tree, r.target) for r in rows if r.fstype != "swap" and r.target.startswith("/")}
+        return targets, any(r.fstype == "swap" for r in rows)
+
+    @staticmethod
+    def _machine_id(tree) -> str | None:
+        """/etc/machine-id when it holds an ID (empty or ``uninitialized``: set at first boot, machine-id(5))."""
+        try:
+            text = tree.read_text("/etc/machine-id", max_bytes=4096).strip() if tree.exists("/etc/machine-id") else ""
+        except ImmutoolsError:
+            return None
+        return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
 
     # ------------------------------------------------------------------------------- pieces
     def _list_confs(self, tree, dirs, suffix: str) -> list[str]:
