@@ -225,3 +225,32 @@ def test_metadata_records_what_it_holds(tmp_path):
     meta = json.loads(entry.with_suffix(".json").read_text())
     assert meta["codec"] == "gzip" and meta["size"] == DISK_SIZE and meta["compressed_size"] == path.stat().st_size
     assert sha256_file(entry) == base_sha()
+
+
+def test_random_access_keeps_decoded_blocks_for_the_next_scan(tmp_path):
+    path = tmp_path / "disk.xz"
+    path.write_bytes(subprocess.run(["xz", "-c", "-T2", "--block-size=4MiB"], input=base_image().read_bytes(),
+                                    capture_output=True, check=True).stdout)
+    reads = [(0, 4096), (17 * MiB + 3, 70000), (DISK_SIZE - 512, 512)]
+    raw = base_image().read_bytes()
+    with open_image(path, cache=tmp_path / "cache", progress=False) as img:
+        assert (img.access, img.cache) == ("random", "blocks")
+        assert all(img.source.read_at(o, n) == raw[o : o + n] for o, n in reads)
+        first_decoded = img.source.blocks_decoded
+    assert first_decoded >= 3
+    stats = ReadStats()
+    with open_image(path, cache=tmp_path / "cache", progress=False, stats=stats) as img:
+        assert all(img.source.read_at(o, n) == raw[o : o + n] for o, n in reads)
+        assert img.source.blocks_decoded == 0 and img.source.blocks_from_cache >= 3
+    assert stats.bytes_decompressed == 0
+    # A truncated block file is not trusted: that block is decoded again, and the result is right.
+    block_dir = next((tmp_path / "cache" / "v1").glob("*.d"))
+    victim = block_dir / "4"  # the block holding 17 MiB
+    os.truncate(victim, 1000)
+    with open_image(path, cache=tmp_path / "cache", progress=False) as img:
+        assert img.source.read_at(17 * MiB + 3, 70000) == raw[17 * MiB + 3 : 17 * MiB + 3 + 70000]
+        assert img.source.blocks_decoded == 1
+    assert victim.stat().st_size == 4 * MiB
+    # Block entries are evicted like the others.
+    assert DecompressionCache(str(tmp_path / "cache"), max_total=0).evict() != []
+    assert list((tmp_path / "cache" / "v1").glob("*.d")) == []

@@ -10,7 +10,8 @@
 
 ``open_compressed`` answers a ``CompressedAccess``: the virtual disk source, the path taken
 (``access``), what the cache did (``cache``: ``hit``, ``stored``, ``not-stored`` (too large for
-it), ``off``), and warnings.
+it), ``blocks`` (random access keeping decoded blocks in the cache for the next scan), ``off``),
+and warnings.
 """
 
 from __future__ import annotations
@@ -59,9 +60,17 @@ def open_compressed(
     if random_access:
         from immutools.image.seekable import open_seekable
 
-        seekable = open_seekable(src, codec, display=display, limits=limits, stats=stats)
+        store = resolve_cache(cache)
+
+        def store_for(source):
+            if store is None:
+                return None
+            digest = _digest(store, src, codec, stats)
+            return store.block_store(digest, codec, source.size) if digest else None
+
+        seekable = open_seekable(src, codec, display=display, limits=limits, stats=stats, store_for=store_for)
         if seekable is not None:
-            return CompressedAccess(seekable, "random", "off", 0, [])
+            return CompressedAccess(seekable, "random", "blocks" if seekable.store is not None else "off", 0, [])
     store = resolve_cache(cache)
     if store is None:
         return _to_temp(src, codec, display, limits, progress, stats, tmpdir, cache_state="off")
@@ -75,6 +84,23 @@ def open_compressed(
 
 class _CacheUnusable(Exception):
     pass
+
+
+def _digest(store: DecompressionCache, src: FileSource, codec: str, stats: ReadStats) -> str | None:
+    """Content digest of the compressed file, remembered under its pre-key (None if unreadable)."""
+    try:
+        st = os.fstat(src.fileno())
+        prekey = store.prekey(st, f"{codec}-digest")
+        known = store.known_key(prekey)
+        if known is not None:
+            return known
+        digest = content_digest(src.fileno())[:40]
+        stats.add(src.size)
+        store._ensure_dirs()
+        store._write_atomic(store._prekey_path(prekey), digest.encode())
+        return digest
+    except (OSError, ImageIOError):
+        return None
 
 
 def _to_temp(src, codec, display, limits, progress, stats, tmpdir, cache_state) -> CompressedAccess:

@@ -348,6 +348,28 @@ class DecompressionCache:
                 os.unlink(self._path(key, suffix))
             except FileNotFoundError:
                 pass
+        blocks = self._path(key, ".d")
+        if os.path.isdir(blocks):
+            import shutil
+
+            shutil.rmtree(blocks, ignore_errors=True)
+
+    # -- decoded blocks of random-access images ----------------------------------------------------
+    def block_store(self, digest: str, codec: str, size: int) -> "BlockStore | None":
+        """Where decoded blocks of a random-access image are kept between scans (None: unusable)."""
+        key = self.key_for(digest, f"{codec}-blocks")
+        try:
+            self._ensure_dirs()
+            os.makedirs(self._path(key, ".d"), mode=0o700, exist_ok=True)
+            meta_path = self._path(key, ".json")
+            if os.path.exists(meta_path):
+                os.utime(meta_path)  # last use
+            else:
+                meta = {"version": FORMAT_VERSION, "kind": "blocks", "codec": codec, "size": size, "created": time.time()}
+                self._write_atomic(meta_path, json.dumps(meta).encode())
+        except (OSError, ImageIOError):
+            return None
+        return BlockStore(self, key)
 
     # -- size bound and eviction --------------------------------------------------------------------
     def entries(self) -> list[tuple[float, int, str]]:
@@ -363,7 +385,11 @@ class DecompressionCache:
             key = name[:-5]
             try:
                 used = os.stat(os.path.join(self.dir, name)).st_mtime
-                allocated = os.stat(self._path(key, ".img")).st_blocks * 512
+                if os.path.isdir(self._path(key, ".d")):
+                    blocks = self._path(key, ".d")
+                    allocated = sum(os.stat(os.path.join(blocks, f)).st_blocks * 512 for f in os.listdir(blocks))
+                else:
+                    allocated = os.stat(self._path(key, ".img")).st_blocks * 512
             except OSError:
                 continue
             out.append((used, allocated, key))
@@ -440,3 +466,56 @@ class DecompressionCache:
                         pass
         except OSError:
             pass
+
+
+class BlockStore:
+    """Decoded blocks of one random-access image, one file per block (``<key>.d/<index>``), each
+    written under a temporary name and renamed into place; a block file is used only if its size
+    is the block's declared size. Best effort: a failure to keep a block only costs a decode."""
+
+    def __init__(self, cache: DecompressionCache, key: str):
+        self.cache = cache
+        self.key = key
+        self.dir = cache._path(key, ".d")
+
+    def read(self, index: int, size: int, offset: int, length: int) -> bytes | None:
+        try:
+            fd = os.open(os.path.join(self.dir, str(index)), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size != size:
+                return None
+            data = os.pread(fd, length, offset)
+            return data if len(data) == length else None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def write(self, index: int, data: bytes) -> None:
+        """Keep a decoded block (sparse: its all-zero 64 KiB pieces are holes)."""
+        from immutools.image.guard import is_zero
+
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{index}-", dir=self.dir)
+        except OSError:
+            return
+        try:
+            view = memoryview(data)
+            step = 64 * 1024
+            for pos in range(0, len(data), step):
+                piece = view[pos : pos + step]
+                if not is_zero(piece):
+                    os.pwrite(fd, piece, pos)
+            os.ftruncate(fd, len(data))
+            os.close(fd)
+            fd = None
+            os.replace(tmp, os.path.join(self.dir, str(index)))
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

@@ -324,6 +324,8 @@ class IndexedSource(ByteSource):
         self._budget = max(LRU_BYTES, max(b.size for b in blocks))
         self._lock = threading.Lock()
         self.blocks_decoded = 0
+        self.blocks_from_cache = 0  # reads served by the decompression cache's block files
+        self.store = None  # immutools.image.cache.BlockStore, set by the caller
 
     def _block(self, i: int) -> bytes | None:
         with self._lock:
@@ -333,6 +335,8 @@ class IndexedSource(ByteSource):
             data = self._decode(i)
             self.blocks_decoded += 1
             self.stats.bytes_decompressed += len(data)
+            if self.store is not None:
+                self.store.write(i, data)
             kept: bytes | None = None if is_zero(data) else data
             self._lru[i] = kept
             if kept is not None:
@@ -350,8 +354,15 @@ class IndexedSource(ByteSource):
             block = self.blocks[i]
             within = offset - block.offset
             take = min(length, block.size - within)
-            data = self._block(i)
-            out.append(bytes(take) if data is None else data[within : within + take])
+            kept = None
+            if self.store is not None and i not in self._lru:
+                kept = self.store.read(i, block.size, within, take)  # decoded by an earlier scan
+            if kept is not None:
+                self.blocks_from_cache += 1
+                out.append(kept)
+            else:
+                data = self._block(i)
+                out.append(bytes(take) if data is None else data[within : within + take])
             offset += take
             length -= take
             i += 1
@@ -367,8 +378,12 @@ class IndexedSource(ByteSource):
         return self._read_at(offset, min(length, self.size - offset))
 
 
-def open_seekable(src: FileSource, codec: str, *, display: str, limits: Limits, stats: ReadStats) -> IndexedSource | None:
-    """An ``IndexedSource`` if the file indexes itself in blocks we may decode one by one, else None."""
+def open_seekable(src: FileSource, codec: str, *, display: str, limits: Limits, stats: ReadStats,
+                  store_for: Callable[[IndexedSource], object] | None = None) -> IndexedSource | None:
+    """An ``IndexedSource`` if the file indexes itself in blocks we may decode one by one, else None.
+
+    ``store_for(source)`` may give a ``BlockStore`` (decoded blocks kept between scans) before the
+    first block is read. The bomb guard checks the declared total and the head before returning."""
     try:
         if codec == "xz":
             blocks, extra = _xz_index(src)
@@ -387,6 +402,8 @@ def open_seekable(src: FileSource, codec: str, *, display: str, limits: Limits, 
     if len(blocks) < 2 or max(b.size for b in blocks) > limits.max_random_access_block:
         return None
     source = IndexedSource(blocks, decode_factory(), f"{display} ({codec}, random access)", stats, codec)
+    if store_for is not None:
+        source.store = store_for(source)
     guard = ExpansionGuard(display, codec, limits)
     if len(blocks) > limits.max_compressed_members:
         guard.members = len(blocks) - 1
