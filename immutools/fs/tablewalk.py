@@ -156,8 +156,7 @@ def walk_levels(
     start_key: int,
     exclude: tuple[str, ...],
     limits: Limits,
-    warnings: list[str],
-    label: str,
+    warn: Callable[[str], None],
     special_bits: int | None = None,
 ) -> tuple[EntryTable, np.ndarray]:
     """Walk breadth first from the directory ``start_key`` (whose path is ``base``).
@@ -177,9 +176,6 @@ def walk_levels(
         comps = tuple(c for c in rel.split("/") if c)
         if comps:
             excluded.add(comps)
-    if "/" in exclude or base in {("/" + p.strip("/")) if p.strip("/") else "/" for p in exclude}:
-        # The start itself is excluded: listed nowhere, descended never.
-        return _empty_table(base), np.zeros(0, np.int64)
     prefixes: dict[tuple[str, ...], int] = {(): -1}       # component tuples -> row (ancestors of excluded)
     wanted_prefixes = {e[:i] for e in excluded for i in range(1, len(e) + 1)}
 
@@ -201,7 +197,7 @@ def walk_levels(
         if not ok.all():
             for i in np.flatnonzero(~ok)[:20]:
                 raw = level.name_blob[int(level.name_start[i]): int(level.name_start[i] + level.name_len[i])]
-                warnings.append(f"{label}: {raw!r}: invalid name in directory inode {int(frontier_keys[level.owner[i]])}, skipped")
+                warn(f"{raw!r}: invalid name in directory inode {int(frontier_keys[level.owner[i]])}, skipped")
             keep = np.flatnonzero(ok)
             level = _take(level, keep)
             n = len(level)
@@ -241,15 +237,18 @@ def walk_levels(
                 next_paths[i] = comps
         if depth + 1 > depth_cap:
             for i in np.flatnonzero(descend)[:20].tolist():
-                warnings.append(f"{label}: {_row_path(base, names, cols, int(rows[i]))}: deeper than {depth_cap} levels, not descended")
+                warn(f"{_row_path(base, names, cols, int(rows[i]))}: deeper than {depth_cap} levels, not descended")
             descend[:] = False
         idx = np.flatnonzero(descend)
         keys = level.key[idx]
         fresh = np.ones(len(idx), bool)
+        loops = 0
         for j, k in enumerate(keys.tolist()):
             if k in seen:
                 fresh[j] = False
-                warnings.append(f"{label}: {_row_path(base, names, cols, int(rows[idx[j]]))}: directory loop, not descended")
+                loops += 1
+                if loops <= 20:
+                    warn(f"{_row_path(base, names, cols, int(rows[idx[j]]))}: directory loop, not descended")
             else:
                 seen.add(k)
         idx = idx[fresh]
@@ -278,12 +277,6 @@ def walk_levels(
 def _take(level: Level, idx: np.ndarray) -> Level:
     return Level(level.owner[idx], level.key[idx], level.mode[idx], level.uid[idx], level.gid[idx], level.size[idx],
                  level.nlink[idx], level.name_blob, level.name_start[idx], level.name_len[idx])
-
-
-def _empty_table(base: str) -> EntryTable:
-    z = np.zeros(0, np.uint32)
-    return EntryTable(base=base, parent=np.zeros(0, np.int64), names=[], mode=z, uid=z, gid=z,
-                      size=np.zeros(0, np.uint64), inode=np.zeros(0, np.uint64), nlink=z)
 
 
 def _row_path(base: str, names: list[str], cols: dict, row: int) -> str:
@@ -391,7 +384,7 @@ class BulkTables:
         self.load()
         first = len(self.warnings)
         table, _rows = walk_levels(self.expand, base=path, start_key=start, exclude=exclude,
-                                   limits=self.fs.limits, warnings=self.warnings, label=self.fs.fstype)
+                                   limits=self.fs.limits, warn=self.warn)
         table.warnings = self.warnings[first:]
         return table
 
@@ -401,6 +394,5 @@ class BulkTables:
         if not np.any((ftype == stat_mod.S_IFREG) & ((self.mode & np.uint32(bits)) != 0)):
             return []     # no in-use inode has the bits: no directory needs reading
         table, rows = walk_levels(self.expand, base=path, start_key=start, exclude=exclude,
-                                  limits=self.fs.limits, warnings=self.warnings, label=self.fs.fstype,
-                                  special_bits=bits)
+                                  limits=self.fs.limits, warn=self.warn, special_bits=bits)
         return special_from_table(table, rows, bits)
