@@ -18,7 +18,7 @@ from immutools.fs.base import FileSystem
 from immutools.image.source import FileSource
 
 IS_ROOT = os.geteuid() == 0
-TREE_VERSION = 2
+TREE_VERSION = 3
 # Owners given to files when the tests run as root (ids above 65535 need squashfs' 32-bit id table
 # and EROFS' extended inodes).
 OWNERS = {"usr/bin/su": (0, 5), "etc/hostname": (1001, 1002), "home/user/notes": (70000, 70001),
@@ -65,6 +65,10 @@ def build_tree(root: Path) -> Path:
         sock = socket.socket(socket.AF_UNIX)
         sock.bind(str(root / "srv" / "socket"))
         sock.close()
+        # trusted.* xattrs (root only; user.* is refused on links and special files) give squashfs
+        # the extended symlink, device and ipc inode types.
+        for rel in ("usr/bin/sh", "srv/null", "srv/disk", "srv/socket", "fifo"):
+            os.setxattr(root / rel, "trusted.note", b"extended inode", follow_symlinks=False)
     return root
 
 

@@ -2,7 +2,9 @@
 
 Images are made by the real ``mksquashfs`` from one source tree (tests/fast_walk_helpers.py) with
 every compressor this mksquashfs has, ``-all-root`` and owners kept, fragments on and off,
-uncompressed metadata, no export table, and xattrs dropped. ``walk_table`` must agree with:
+uncompressed metadata, no export table, and xattrs dropped; as root the tree gives every one of
+the 14 inode types (xattrs on links and special files make their extended forms, the 1500-entry
+directory an extended directory with an index). ``walk_table`` must agree with:
 
 * ``unsquashfs -lln`` (path, full mode, uid/gid, size; directory sizes too);
 * the source tree (``os.lstat``: mode, uid/gid, size and link count of every non-directory);
