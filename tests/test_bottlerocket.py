@@ -574,6 +574,56 @@ def test_damaged_partition_degrades_to_warnings(tmp_path, partition, what):
         assert {p["path"]: p["state"] for p in report["paths"]}["/var/lib/bottlerocket"] == "persistent"
 
 
+def _debugfs_names(image, part: dict, directory: str) -> set[str]:
+    """Names in a directory of the ext4 filesystem of one partition, as debugfs lists them."""
+    out = run(["debugfs", "-R", f"ls -p {directory}", f"{image}?offset={part['start'] * 512}"]).stdout.decode()
+    return {line.split("/")[5] for line in out.splitlines() if line.count("/") >= 6}
+
+
+def test_grub_cfg_removed_gives_the_documented_root_and_says_why(tmp_path):
+    """grub.cfg deleted from BOOT-A with ``debugfs -w``: / is the documented default (root=/dev/dm-0
+    ro, dm-verity over ROOT and HASH), inferred; the root hash, which only grub.cfg holds, is
+    missing; the completeness section and the warnings name the reason. What the image still shows
+    stays observed."""
+    path = tmp_path / "copy.img"
+    subprocess.run(["cp", "--sparse=always", str(build_replica(MAIN)), str(path)], check=True)
+    boot = _parts(path)[3]
+    assert "grub.cfg" in _debugfs_names(path, boot, "/grub")
+    run(["debugfs", "-w", "-R", "rm /grub/grub.cfg", f"{path}?offset={boot['start'] * 512}"])
+    assert _debugfs_names(path, boot, "/grub") & {"grub.cfg", "grub.cfg.sig"} == {"grub.cfg.sig"}
+    report = scan(str(path), progress=False)
+    jsonschema.validate(report, SCHEMA)
+    root = {m["target"]: m for m in report["mounts"]}["/"]
+    assert root["observed"] is False and root["source"] == "/dev/dm-0" and root["integrity"] == "dm-verity"
+    assert root["access"] == "ro" and root["fstype"] == "ext4"          # the type of ROOT-A itself
+    assert any(e["source"] == "partition 4 (BOTTLEROCKET-ROOT-A)" for e in root["evidence"])
+    facts = {f["fact"]: f for f in report["completeness"]["facts"]}
+    assert report["completeness"]["status"] == "incomplete"
+    assert facts["mount /"]["status"] == "inferred"
+    assert "partition 3 (BOTTLEROCKET-BOOT-A): /grub/grub.cfg not found" in facts["mount /"]["reason"]
+    assert facts["integrity.root_hash"]["status"] == "missing"
+    assert "/grub/grub.cfg not found" in facts["integrity.root_hash"]["reason"]
+    assert any(w.startswith("mount /: not found in the image") and "grub.cfg not found" in w for w in report["warnings"])
+    assert any(w.startswith("completeness: integrity.root_hash is missing") and "grub.cfg not found" in w
+               for w in report["warnings"])
+    for fact in ("os.version", "os.arch", "mount /var", "mount /tmp", "update.active_slot"):
+        assert facts[fact]["status"] == "observed", facts[fact]
+
+
+def test_completeness_of_every_replica(scanned):
+    """Every fact the data file guarantees is observed on a healthy replica; a data image is checked
+    against the data image's guarantees, not the OS disk's."""
+    from immutools.knowledge import load_distribution
+
+    _name, _path, report, _manifest = scanned
+    knowledge = load_distribution("bottlerocket")
+    block = knowledge["data_image"]["guarantees"] if report["os"]["role"] == "data-disk" else knowledge["guarantees"]
+    completeness = report["completeness"]
+    assert completeness["distribution"] == "bottlerocket" and completeness["status"] == "complete"
+    assert [f["fact"] for f in completeness["facts"]] == [f["fact"] for f in block["facts"]]
+    assert all(f["status"] == "observed" and f["evidence"] for f in completeness["facts"]), completeness["facts"]
+
+
 def test_look_alikes_are_not_claimed(tmp_path):
     from builders import sgdisk_layout
 
