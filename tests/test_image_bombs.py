@@ -145,3 +145,69 @@ def test_member_count_limit(tmp_path):
             out.write(_compress(["bzip2", "-c", "-1"], data[i : i + MiB]))
     with pytest.raises(LimitExceededError, match="max_compressed_members"):
         open_image(path, cache=False, progress=False, limits=Limits(max_compressed_members=8))
+
+
+def _sized(tmp_path: Path, name: str, size: int) -> Path:
+    path = tmp_path / name
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["gpt", "mbr", "ext4", "xfs", "btrfs", "vfat", "squashfs", "erofs", "qcow2", "iso9660"])
+def test_declared_size_agrees_with_the_tools(kind, tmp_path):
+    """The size the bomb guard reads from a head is the size the making tool gave the disk."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "file").write_bytes(b"x" * 100_000)
+    if kind == "gpt":
+        path = _gpt_disk(tmp_path, 96 * MiB)
+        expected = 96 * MiB
+    elif kind == "mbr":
+        path = _sized(tmp_path, "mbr.raw", 96 * MiB)
+        subprocess.run(["sfdisk", "-q", str(path)], input="label: dos\n2048,40960,83\n43008,20480,83\n", text=True,
+                       check=True, capture_output=True)
+        expected = (43008 + 20480) * 512  # the end of the last partition
+    elif kind == "ext4":
+        path = _sized(tmp_path, "fs.ext4", 40 * MiB)
+        run(["mke2fs", "-q", "-t", "ext4", "-d", tree, path])
+        expected = 40 * MiB
+    elif kind == "xfs":
+        path = _sized(tmp_path, "fs.xfs", 320 * MiB)
+        run(["mkfs.xfs", "-q", path])
+        expected = 320 * MiB
+    elif kind == "btrfs":
+        path = _sized(tmp_path, "fs.btrfs", 128 * MiB)
+        run(["mkfs.btrfs", "-q", path])
+        expected = 128 * MiB
+    elif kind == "vfat":
+        path = _sized(tmp_path, "fs.vfat", 48 * MiB)
+        run(["mkfs.vfat", path])
+        expected = 48 * MiB
+    elif kind == "squashfs":
+        path = tmp_path / "fs.sqfs"
+        run(["mksquashfs", tree, path, "-quiet", "-noappend", "-no-progress"])
+        expected = int(run(["unsquashfs", "-s", path]).stdout.decode().split("Filesystem size ")[1].split(" bytes")[0])
+    elif kind == "erofs":
+        path = tmp_path / "fs.erofs"
+        run(["mkfs.erofs", path, tree])
+        expected = path.stat().st_size
+    elif kind == "qcow2":
+        path = tmp_path / "disk.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", path, "5G"])
+        expected = 5 * 1024 * MiB
+    else:
+        if not any(Path(d, "xorriso").exists() for d in ("/usr/bin", "/bin")) and not any(
+                Path(d, "genisoimage").exists() for d in ("/usr/bin", "/bin")):
+            pytest.skip("no ISO 9660 maker installed")
+        path = tmp_path / "disk.iso"
+        tool = "xorriso" if Path("/usr/bin/xorriso").exists() else "genisoimage"
+        if tool == "xorriso":
+            run(["xorriso", "-as", "mkisofs", "-quiet", "-o", path, tree])
+        else:
+            run(["genisoimage", "-quiet", "-o", path, tree])
+        expected = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(MiB)
+    size, what = declared_size(head)
+    assert size == expected, (kind, size, expected, what)

@@ -1,9 +1,12 @@
-"""Whole-file compressed disk images, decompressed once into a sparse temporary file.
+"""Whole-file compressed disk images, decompressed once into a sparse file.
 
-The codecs (gzip, bzip2, xz, zstd, lz4) are stream formats without random access, while partition
-and filesystem readers seek all over a disk, so we decompress once. Disk images are mostly zeros:
-the writer stores only non-zero 64 KiB blocks and seeks over zero ones, so the temporary file costs
-disk space only for the data actually in the image.
+The codecs (gzip, bzip2, xz, zstd, lz4) are stream formats; partition and filesystem readers seek
+all over a disk. Where the format indexes itself (multi-block xz, multi-frame zstd) the image is
+read at random instead (``immutools.image.seekable``, chosen by ``immutools.image.access``);
+everything else is decompressed once here, into the decompression cache
+(``immutools.image.cache``) or an anonymous temporary file. Disk images are mostly zeros: the
+writer stores only non-zero 64 KiB blocks and seeks over zero ones, so the file costs disk space
+only for the data actually in the image.
 
 The temporary file is unlinked as soon as it is created (where the OS allows), so it disappears
 when its descriptor is closed — on ``close()``, on an error, at interpreter exit, and even if the
@@ -14,13 +17,18 @@ Streams are decoded the way the command-line tools do: concatenated members/stre
 (pigz, pbzip2, ``cat a.xz b.xz``, multi-frame zstd, pzstd's skippable frames), xz stream padding,
 and lz4's legacy frame format (``lz4 -l``; lz4 doc/lz4_Frame_format.md, "Legacy frame"), which
 python-lz4 does not read, so we parse its framing here: a 4-byte magic, then blocks of
-<little-endian 32-bit compressed size><lz4 block> each decoding to at most 8 MiB.
+<little-endian 32-bit compressed size><lz4 block> each decoding to at most 8 MiB. gzip goes through
+rapidgzip's parallel decoder and bzip2 through our block-parallel one
+(``immutools.image.bzip2blocks``) when they take the file; a member (or bzip2 block) whose exact
+compressed bytes already decoded to zeros is not decoded again.
 
 Every decoder is driven with a bounded output size per call, so a small hostile input cannot make
-one call allocate gigabytes; the total is bounded by ``Limits.max_decompressed_bytes``. zstd uses
-``backports.zstd`` (the PEP 784 backport; ``compression.zstd`` from Python 3.14), whose decoder has
-the same bounded ``decompress(data, max_length)`` API as bz2/lzma — python-zstandard's streaming
-APIs either return unbounded output per call or silently accept truncated frames.
+one call allocate gigabytes; the output is watched by the bomb guard (``immutools.image.guard``:
+the disk's declared size, zero runs, member count) and bounded by
+``Limits.max_decompressed_bytes``. zstd uses ``backports.zstd`` (the PEP 784 backport;
+``compression.zstd`` from Python 3.14), whose decoder has the same bounded
+``decompress(data, max_length)`` API as bz2/lzma — python-zstandard's streaming APIs either return
+unbounded output per call or silently accept truncated frames.
 """
 
 from __future__ import annotations

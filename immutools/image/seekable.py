@@ -40,13 +40,14 @@ from immutools.image.guard import HEAD_WINDOW, ExpansionGuard, is_zero
 from immutools.image.source import ByteSource, FileSource, ReadStats
 from immutools.limits import Limits
 
-MAX_INDEX_BYTES = 64 * 1024 * 1024  # an xz index of this size lists millions of blocks
-MAX_BLOCKS = 4_000_000
+MAX_INDEX_BYTES = 16 * 1024 * 1024  # an xz index of this size lists millions of blocks
+MAX_BLOCKS = 1_000_000  # 256 GiB in 256 KiB blocks; more is refused as an index (decoded whole)
+MAX_WALK_HEADERS = 1_000_000  # zstd block headers read to find frame ends
 LRU_BYTES = 128 * 1024 * 1024
 XZ_MEMLIMIT = 1024**3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Block:
     offset: int  # in the decompressed image
     size: int  # decompressed bytes
@@ -209,6 +210,7 @@ def _zstd_walk(src: ByteSource, limits: Limits) -> list[Block]:
     blocks: list[Block] = []
     pos = 0
     offset = 0
+    walked = 0
     while pos < src.size:
         head = src.read_at(pos, 18)
         if magic.is_skippable_frame(head):
@@ -223,6 +225,9 @@ def _zstd_walk(src: ByteSource, limits: Limits) -> list[Block]:
             raise _NotIndexed("a frame without content size")
         bpos = pos + header_size
         while True:
+            walked += 1
+            if walked > MAX_WALK_HEADERS:
+                raise _NotIndexed("too many blocks to walk")
             bh = src.read_at(bpos, 3)
             if len(bh) < 3:
                 raise _NotIndexed("truncated frame")
