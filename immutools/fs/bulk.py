@@ -87,6 +87,27 @@ def joined_padded(pieces: list[bytes], pad: int = PAD) -> tuple[bytes, np.ndarra
     return blob, np.frombuffer(blob, dtype=np.uint8)
 
 
+def read_ranges(source, ranges: list[tuple[int, int]], gap: int = 4096) -> list[bytes]:
+    """The bytes of each (offset, length) range of ``source`` (short at its end); ranges at most
+    ``gap`` bytes apart are read with one call."""
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    out: list[bytes] = [b""] * len(ranges)
+    k = 0
+    while k < len(order):
+        lo = ranges[order[k]][0]
+        hi = lo + ranges[order[k]][1]
+        j = k + 1
+        while j < len(order) and ranges[order[j]][0] <= hi + gap:
+            hi = max(hi, ranges[order[j]][0] + ranges[order[j]][1])
+            j += 1
+        data = source.read_at(lo, hi - lo)
+        for i in order[k:j]:
+            offset, length = ranges[i]
+            out[i] = data[offset - lo: offset - lo + length]
+        k = j
+    return out
+
+
 def normalize_paths(paths: Sequence[str]) -> set[str]:
     return {"/" + p.strip("/") if p.strip("/") else "/" for p in paths}
 

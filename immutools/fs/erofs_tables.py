@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from immutools.errors import ImmutoolsError, LimitExceededError
-from immutools.fs.bulk import Frontier, Level, breadth_first_table, empty_table, gather_le, joined_padded
+from immutools.fs.bulk import Frontier, Level, breadth_first_table, empty_table, gather_le, joined_padded, read_ranges
 from immutools.fs.table import EntryTable
 
 if TYPE_CHECKING:
@@ -44,9 +44,12 @@ READ_BATCH = 8 << 20         # bytes of inode runs gathered at a time
 INODE_FIELDS = {"format": (0, 2), "xattr_count": (2, 2), "mode": (4, 2), "nb": (6, 2), "size32": (8, 4),
                 "size64": (8, 8), "i_u": (16, 4), "uid16": (24, 2), "gid16": (26, 2), "uid32": (24, 4),
                 "gid32": (28, 4), "nlink32": (44, 4)}
-_IFMT_OK = np.array([stat_mod.S_IFREG, stat_mod.S_IFDIR, stat_mod.S_IFLNK, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
-                     stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
-_IFMT_SPECIAL = np.array([stat_mod.S_IFCHR, stat_mod.S_IFBLK, stat_mod.S_IFIFO, stat_mod.S_IFSOCK], dtype=np.uint32)
+# By S_IFMT >> 12: the valid file types, and those that carry no data.
+_TYPE_OK = np.zeros(16, dtype=bool)
+_TYPE_OK[[t >> 12 for t in (stat_mod.S_IFREG, stat_mod.S_IFDIR, stat_mod.S_IFLNK, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
+                            stat_mod.S_IFIFO, stat_mod.S_IFSOCK)]] = True
+_TYPE_SPECIAL = np.zeros(16, dtype=bool)
+_TYPE_SPECIAL[[t >> 12 for t in (stat_mod.S_IFCHR, stat_mod.S_IFBLK, stat_mod.S_IFIFO, stat_mod.S_IFSOCK)]] = True
 
 
 class ErofsTables:
@@ -109,7 +112,7 @@ class ErofsTables:
         ok &= (ifmt & np.uint16(0xFFFF & ~I_ALL_BITS)) == 0
         ok &= ((ifmt >> 1) & 7) <= CHUNK_BASED
         ifmt_type = mode & np.uint32(0o170000)
-        ok &= np.isin(ifmt_type, _IFMT_OK)
+        ok &= _TYPE_OK[mode >> 12]
         c_size, e_size = f["size32"].astype(np.uint64), f["size64"]
         c_uid, c_gid = f["uid16"].astype(np.uint32), f["gid16"].astype(np.uint32)
         e_uid, e_gid, e_nlink = f["uid32"], f["gid32"], f["nlink32"]
@@ -117,7 +120,7 @@ class ErofsTables:
         c_nlink = np.where(~is_dir & ((ifmt & I_NLINK_1_BIT) != 0), 1, i_nb).astype(np.uint32)
         fsize = np.where(extended, e_size, c_size)
         # Device, fifo and socket inodes carry no data (the reader refuses a size there).
-        ok &= ~(np.isin(ifmt_type, _IFMT_SPECIAL) & (fsize != 0))
+        ok &= ~(_TYPE_SPECIAL[mode >> 12] & (fsize != 0))
         xattr_isize = np.where(icount == 0, 0, 12 + 4 * (icount.astype(np.int64) - 1))
         ok &= pos + np.where(extended, 64, 32) + xattr_isize <= size
         return {
@@ -136,29 +139,54 @@ class ErofsTables:
         }
 
     # ---- directories --------------------------------------------------------------------------
-    def _directory_bytes(self, item: Frontier) -> bytes:
-        """A directory's contents: FLAT_PLAIN and FLAT_INLINE (the usual layouts) read here with
-        one or two reads; anything else through the reader's own data path."""
+    def _directory_contents(self, frontier: list[Frontier]) -> list[bytes | ImmutoolsError]:
+        """Every frontier directory's contents (or the error reading it). FLAT_PLAIN and
+        FLAT_INLINE (the usual layouts) are read here, the byte ranges of all directories merged
+        into few reads; anything else through the reader's own data path."""
         fs = self.fs
-        nid, layout, size, startblk, meta_end = item.handle
-        if size > fs.limits.max_file_read:
-            raise LimitExceededError(f"erofs: {item.path}: directory of {size} bytes")
-        self.directory_bytes += size
-        if self.directory_bytes > fs.limits.max_nested_bytes:
-            raise LimitExceededError(f"erofs: directories hold more than {fs.limits.max_nested_bytes} bytes")
         bs = fs.block_size
-        read = fs.source.read_at
-        data = None
-        if layout == FLAT_INLINE:
-            body = (size + bs - 1) // bs * bs - bs
-            tail = size - body
-            if meta_end % bs + tail <= bs:  # else damaged: let the reader say so
-                data = (read(startblk * bs, body) if body else b"") + read(meta_end, tail)
-        elif layout == FLAT_PLAIN and startblk != NULL_ADDR32:
-            data = read(startblk * bs, size)
-        if data is None or len(data) != size:
-            data = fs._read_data(fs._inode(nid), 0, size)
-        return data
+        # (offset, length, directory index, part) of each range to read; a FLAT_INLINE directory
+        # has its full blocks at startblk and its tail after the inode and its xattrs.
+        ranges: list[tuple[int, int, int, int]] = []
+        slow: set[int] = set()
+        sizes = []
+        for k, item in enumerate(frontier):
+            _nid, layout, size, startblk, meta_end = item.handle
+            if size > fs.limits.max_file_read:
+                raise LimitExceededError(f"erofs: {item.path}: directory of {size} bytes")
+            self.directory_bytes += size
+            if self.directory_bytes > fs.limits.max_nested_bytes:
+                raise LimitExceededError(f"erofs: directories hold more than {fs.limits.max_nested_bytes} bytes")
+            sizes.append(size)
+            if layout == FLAT_INLINE and size:
+                body = (size + bs - 1) // bs * bs - bs
+                tail = size - body
+                if meta_end % bs + tail > bs:  # damaged: let the reader say so
+                    slow.add(k)
+                    continue
+                if body:
+                    ranges.append((startblk * bs, body, k, 0))
+                ranges.append((meta_end, tail, k, 1))
+            elif layout == FLAT_PLAIN and size and startblk != NULL_ADDR32:
+                ranges.append((startblk * bs, size, k, 0))
+            elif size:
+                slow.add(k)
+        parts: dict[tuple[int, int], bytes] = {}
+        for (offset, length, k, part), data in zip(ranges, read_ranges(fs.source, [(o, n) for o, n, _k, _p in ranges])):
+            parts[(k, part)] = data
+        out: list[bytes | ImmutoolsError] = []
+        for k, item in enumerate(frontier):
+            data = parts.get((k, 0), b"") + parts.get((k, 1), b"")
+            if k in slow or len(data) != sizes[k]:
+                try:
+                    nid = item.handle[0]
+                    data = fs._read_data(fs._inode(nid), 0, sizes[k])
+                except LimitExceededError:
+                    raise
+                except ImmutoolsError as exc:
+                    data = exc
+            out.append(data)
+        return out
 
     def _listings(self, frontier: list[Frontier]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
         """Names, nids and frontier slots of the entries of every directory in ``frontier``
@@ -167,13 +195,9 @@ class ErofsTables:
         bs = fs.block_size
         chunks: list[bytes] = []
         chunk_slot: list[int] = []
-        for slot, item in enumerate(frontier):
-            try:
-                data = self._directory_bytes(item)
-            except LimitExceededError:
-                raise
-            except ImmutoolsError as exc:
-                self.warnings.append(f"erofs: {item.path}: directory unreadable ({exc}); skipped")
+        for slot, (item, data) in enumerate(zip(frontier, self._directory_contents(frontier))):
+            if isinstance(data, ImmutoolsError):
+                self.warnings.append(f"erofs: {item.path}: directory unreadable ({data}); skipped")
                 continue
             for start in range(0, len(data), bs):
                 chunks.append(data[start: start + bs])
@@ -206,7 +230,8 @@ class ErofsTables:
         bad_entry = (name_len < 1) | (name_len > 255) | (name_end > block_end[block_of])
         heads = np.cumsum(counts)[counts > 0] - counts[counts > 0]
         bad_entry[heads] |= name_start[heads] - starts[block_of[heads]] != first[block_of[heads]]
-        bad_block[np.unique(block_of[bad_entry])] = True
+        if bad_entry.any():
+            bad_block[block_of[bad_entry]] = True
         bad_slots = set(block_slot[bad_block].tolist())
         for slot in sorted(bad_slots)[:MAX_WARNINGS_PER_LEVEL]:
             self.warnings.append(f"erofs: {frontier[slot].path}: directory block does not parse; directory skipped")
