@@ -524,6 +524,84 @@ def test_spec_errors_name_file_and_key(tmp_path, patch, message):
     assert re.search(message, str(err.value)), str(err.value)
 
 
+def _replica_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (anywhere in it, functions included; imports only
+    for type annotations, under ``if TYPE_CHECKING:``, do not count)."""
+    import ast
+
+    pkg = Path(rb.__file__).resolve().parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted(pkg.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("immutools.replica"):
+                sub = node.module.split(".")[2:]
+                deps |= {sub[0]} if sub else {a.name for a in node.names if (pkg / f"{a.name}.py").exists()}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("immutools.replica.")}
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_replica_package_has_no_import_cycles():
+    graph = _replica_imports()
+    assert graph["context"] == set(), "context.py is the leaf every other module may import"
+    assert graph["kinds"] <= {"context"}
+    # nothing imports the orchestration back (only the command line uses it)
+    assert [m for m, deps in graph.items() if "builder" in deps] == ["__main__"]
+    done: set[str] = set()
+
+    def visit(mod: str, path: tuple[str, ...]) -> None:
+        assert mod not in path, f"import cycle: {' -> '.join(path + (mod,))}"
+        if mod in done:
+            return
+        for dep in sorted(graph.get(mod, ())):
+            visit(dep, path + (mod,))
+        done.add(mod)
+
+    for mod in graph:
+        visit(mod, ())
+
+
+def test_entry_kinds_come_from_the_registry(tmp_path):
+    """Every entry kind the spec validator accepts has a maker (or is structural), and a kind a
+    module registers is accepted and built without the builder knowing it."""
+    from immutools.replica import kinds
+
+    names = kinds.kind_names()
+    assert {"text", "symlink", "dir", "elf", "tar", "image", "uki", "bootconfig", "cpio", "padded"} <= set(names)
+    assert [n for n, k in kinds.registry().items() if k.make is None] == ["symlink", "dir"]
+
+    @kinds.register("test_reversed", value=str)
+    def _reversed(build, value, entry, ctx, where):
+        return value[::-1].encode()
+
+    try:
+        spec_text = SMALL_SPEC.replace("  small:\n", "  small:\n    rev.txt: {test_reversed: \"olleh\"}\n", 1)
+        assert spec_text != SMALL_SPEC
+        path = tmp_path / "kinds.yaml"
+        path.write_text(spec_text.replace('{test_reversed: "olleh"}', "{test_reversed: [1]}"))
+        with pytest.raises(SpecError, match=r"'rev\.txt'\.test_reversed: expected a str"):
+            load_spec(path)
+        path.write_text(spec_text)
+        spec = load_spec(path)
+        m = rb.build(spec, tmp_path / "out", compute_sha256=False)
+        legacy = next(p for p in m["partitions"] if p["key"] == "legacy")
+        image = tmp_path / "out" / m["image"]
+        part = tmp_path / "legacy.img"
+        run(["dd", f"if={image}", f"of={part}", "bs=512", f"skip={legacy['start']}", f"count={legacy['sectors']}",
+             "status=none"])
+        assert run(["debugfs", "-R", "cat /rev.txt", str(part)]).stdout == b"hello"
+    finally:
+        kinds._KINDS.pop("test_reversed")
+        kinds._ordered = None
+
+
 def test_cli_list_and_build(small_spec, tmp_path):
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-m", "immutools.replica", "list"], capture_output=True, env=env)

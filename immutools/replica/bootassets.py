@@ -1,7 +1,6 @@
 """Replica file kinds for boot chains: initramfs cpio archives, UKIs, EFI zboot kernels, Talos META.
 
-Called from ``builder.entry_bytes`` through one dispatch line; the kinds are listed in
-``EXTRA_ENTRY_KINDS`` (``spec.ENTRY_KINDS`` includes them):
+Each kind registers its maker and schema in ``immutools.replica.kinds``:
 
 * ``cpio: [{tree: NAME, compress: none|xz|zstd, command: [...], vars: {...}}, ...]`` - an initramfs: one
   ``newc`` archive per segment, made by GNU cpio from the staged tree exactly as Talos does
@@ -34,12 +33,11 @@ import hashlib
 import struct
 from pathlib import Path
 
-
-EXTRA_ENTRY_KINDS = ("cpio", "pe_sections", "zboot", "talos_meta", "padded")
-
-# ``spec`` imports EXTRA_ENTRY_KINDS from here (defined above, before this import): bind the
-# module and use its names at call time.
-import immutools.replica.spec as spec_mod  # noqa: E402
+from immutools.replica.context import SpecError
+from immutools.replica.files import kernel_stub
+from immutools.replica.kinds import entry_bytes, register
+from immutools.replica.spec import parse_int, parse_size
+from immutools.replica.tree import stage_tree
 
 CPIO_COMPRESSORS = {
     "xz": ["xz", "-C", "crc32", "-0", "-e", "-z", "-c"],
@@ -59,84 +57,88 @@ def _align(n: int, a: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Validation (called from spec._validate_entry)
+# The kinds: schema checks and makers
 # ------------------------------------------------------------------------------------------------
 
-def validate_extra_entry(entry: dict, kind: str, where: str, trees: dict, validate_entry) -> None:
-    value = entry[kind]
-    if kind == "cpio":
-        if not isinstance(value, list) or not value:
-            raise spec_mod.SpecError(f"{where}.cpio: a list of segments ({{tree: NAME, compress: ...}})")
-        for i, seg in enumerate(value):
-            sw = f"{where}.cpio[{i}]"
-            if not isinstance(seg, dict) or "tree" not in seg:
-                raise spec_mod.SpecError(f"{sw}: needs tree: NAME")
-            if seg["tree"] not in trees:
-                raise spec_mod.SpecError(f"{sw}.tree: no tree {seg['tree']!r} under trees:")
-            unknown = set(seg) - {"tree", "compress", "command", "vars"}
-            if unknown:
-                raise spec_mod.SpecError(f"{sw}: unknown key(s) {', '.join(sorted(unknown))}")
-            if seg.get("compress", "none") not in ("none", *CPIO_COMPRESSORS):
-                raise spec_mod.SpecError(f"{sw}.compress: none, {', '.join(CPIO_COMPRESSORS)}")
-    elif kind == "pe_sections":
-        arch = value.get("arch") if isinstance(value, dict) else None
-        if arch not in PE_MACHINES and "{{" not in str(arch):      # templates are checked when built
-            raise spec_mod.SpecError(f"{where}.pe_sections.arch: one of {', '.join(PE_MACHINES)}")
-        sections = value.get("sections")
-        if not isinstance(sections, list) or not sections:
-            raise spec_mod.SpecError(f"{where}.pe_sections.sections: a list of {{name: .osrel, <entry>}}")
-        for i, sec in enumerate(sections):
-            sw = f"{where}.pe_sections.sections[{i}]"
-            if not isinstance(sec, dict) or not str(sec.get("name", "")).startswith("."):
-                raise spec_mod.SpecError(f"{sw}.name: a section name such as .osrel")
-            if len(str(sec["name"]).encode()) > 8:
-                raise spec_mod.SpecError(f"{sw}.name: PE section names have at most 8 bytes")
-            validate_entry({k: v for k, v in sec.items() if k != "name"}, sw, trees)
-    elif kind == "zboot":
-        if not isinstance(value, dict) or not isinstance(value.get("kernel"), dict):
-            raise spec_mod.SpecError(f"{where}.zboot: needs kernel: {{arch, version, ...}}")
-        if value.get("compress", "zstd") not in ("zstd", "gzip"):
-            raise spec_mod.SpecError(f"{where}.zboot.compress: zstd or gzip")
-    elif kind == "talos_meta":
-        if not isinstance(value, dict):
-            raise spec_mod.SpecError(f"{where}.talos_meta: a mapping (tags, copies, corrupt, legacy, size)")
-        unknown = set(value) - {"tags", "copies", "corrupt", "legacy", "size"}
+def _validate_cpio(value, where, trees, validate_entry) -> None:
+    if not value:
+        raise SpecError(f"{where}.cpio: a list of segments ({{tree: NAME, compress: ...}})")
+    for i, seg in enumerate(value):
+        sw = f"{where}.cpio[{i}]"
+        if not isinstance(seg, dict) or "tree" not in seg:
+            raise SpecError(f"{sw}: needs tree: NAME")
+        if seg["tree"] not in trees:
+            raise SpecError(f"{sw}.tree: no tree {seg['tree']!r} under trees:")
+        unknown = set(seg) - {"tree", "compress", "command", "vars"}
         if unknown:
-            raise spec_mod.SpecError(f"{where}.talos_meta: unknown key(s) {', '.join(sorted(unknown))}")
-        for key in ("tags", "legacy"):
-            for tag in (value.get(key) or {}):
-                if not 0 < spec_mod.parse_int(tag, f"{where}.talos_meta.{key}") < 1 << 32:
-                    raise spec_mod.SpecError(f"{where}.talos_meta.{key}: tag {tag!r} out of range")
-    elif kind == "padded":
-        if not isinstance(value, dict) or "size" not in value or not isinstance(value.get("head"), dict):
-            raise spec_mod.SpecError(f"{where}.padded: needs size and head: <entry>")
-        validate_entry(value["head"], f"{where}.padded.head", trees)
+            raise SpecError(f"{sw}: unknown key(s) {', '.join(sorted(unknown))}")
+        if seg.get("compress", "none") not in ("none", *CPIO_COMPRESSORS):
+            raise SpecError(f"{sw}.compress: none, {', '.join(CPIO_COMPRESSORS)}")
 
 
-# ------------------------------------------------------------------------------------------------
-# Content
-# ------------------------------------------------------------------------------------------------
+@register("cpio", value=list, validate=_validate_cpio)
+def cpio_entry(build, value, entry, ctx, where) -> bytes:
+    return b"".join(cpio_segment(build, seg, ctx, f"{where}.cpio[{i}]") for i, seg in enumerate(value))
 
-def extra_entry_bytes(build, entry: dict, ctx: dict, where: str) -> bytes:
-    kind = next(k for k in EXTRA_ENTRY_KINDS if k in entry)
-    value = entry[kind]
-    if kind == "cpio":
-        return b"".join(cpio_segment(build, seg, ctx, f"{where}.cpio[{i}]") for i, seg in enumerate(value))
-    if kind == "pe_sections":
-        return make_uki(build, value, ctx, where)
-    if kind == "zboot":
-        return make_zboot(value, where)
-    if kind == "talos_meta":
-        return make_talos_meta(value, where)
-    if kind == "padded":
-        from immutools.replica.builder import entry_bytes
 
-        head = entry_bytes(build, value["head"], ctx, f"{where}.padded.head")
-        size = spec_mod.parse_size(value["size"], f"{where}.padded.size")
-        if size < len(head):
-            raise spec_mod.SpecError(f"{where}.padded.size: {size} is smaller than the head ({len(head)} bytes)")
-        return head + pseudo_random(str(value.get("seed", where)), size - len(head))
-    raise spec_mod.SpecError(f"{where}: unknown kind {kind}")
+def _validate_pe_sections(value, where, trees, validate_entry) -> None:
+    arch = value.get("arch")
+    if arch not in PE_MACHINES and "{{" not in str(arch):      # templates are checked when built
+        raise SpecError(f"{where}.pe_sections.arch: one of {', '.join(PE_MACHINES)}")
+    sections = value.get("sections")
+    if not isinstance(sections, list) or not sections:
+        raise SpecError(f"{where}.pe_sections.sections: a list of {{name: .osrel, <entry>}}")
+    for i, sec in enumerate(sections):
+        sw = f"{where}.pe_sections.sections[{i}]"
+        if not isinstance(sec, dict) or not str(sec.get("name", "")).startswith("."):
+            raise SpecError(f"{sw}.name: a section name such as .osrel")
+        if len(str(sec["name"]).encode()) > 8:
+            raise SpecError(f"{sw}.name: PE section names have at most 8 bytes")
+        validate_entry({k: v for k, v in sec.items() if k != "name"}, sw, trees)
+
+
+@register("pe_sections", value=dict, validate=_validate_pe_sections)
+def pe_sections_entry(build, value, entry, ctx, where) -> bytes:
+    return make_uki(build, value, ctx, where)
+
+
+def _validate_zboot(value, where, trees, validate_entry) -> None:
+    if not isinstance(value.get("kernel"), dict):
+        raise SpecError(f"{where}.zboot: needs kernel: {{arch, version, ...}}")
+    if value.get("compress", "zstd") not in ("zstd", "gzip"):
+        raise SpecError(f"{where}.zboot.compress: zstd or gzip")
+
+
+@register("zboot", value=dict, validate=_validate_zboot)
+def zboot_entry(build, value, entry, ctx, where) -> bytes:
+    return make_zboot(value, where)
+
+
+def _validate_talos_meta(value, where, trees, validate_entry) -> None:
+    for key in ("tags", "legacy"):
+        for tag in (value.get(key) or {}):
+            if not 0 < parse_int(tag, f"{where}.talos_meta.{key}") < 1 << 32:
+                raise SpecError(f"{where}.talos_meta.{key}: tag {tag!r} out of range")
+
+
+@register("talos_meta", value=dict, keys=("tags", "copies", "corrupt", "legacy", "size"), validate=_validate_talos_meta)
+def talos_meta_entry(build, value, entry, ctx, where) -> bytes:
+    return make_talos_meta(value, where)
+
+
+def _validate_padded(value, where, trees, validate_entry) -> None:
+    if not isinstance(value.get("head"), dict):
+        raise SpecError(f"{where}.padded: needs size and head: <entry>")
+    validate_entry(value["head"], f"{where}.padded.head", trees)
+
+
+@register("padded", value=dict, required=("size", "head"), validate=_validate_padded)
+def padded_entry(build, value, entry, ctx, where) -> bytes:
+    head = entry_bytes(build, value["head"], ctx, f"{where}.padded.head")
+    size = parse_size(value["size"], f"{where}.padded.size")
+    if size < len(head):
+        raise SpecError(f"{where}.padded.size: {size} is smaller than the head ({len(head)} bytes)")
+    return head + pseudo_random(str(value.get("seed", where)), size - len(head))
 
 
 def pseudo_random(seed: str, size: int) -> bytes:
@@ -152,8 +154,6 @@ def pseudo_random(seed: str, size: int) -> bytes:
 
 def cpio_segment(build, seg: dict, ctx: dict, where: str) -> bytes:
     """One initramfs segment: GNU cpio over the staged tree, then the real compressor."""
-    from immutools.replica.builder import stage_tree
-
     # ``vars`` override template variables for this segment's tree and everything it nests (the
     # previous release in slot A of an upgraded disk).
     ctx = dict(ctx, **{str(k): v for k, v in (seg.get("vars") or {}).items()})
@@ -174,8 +174,6 @@ def cpio_segment(build, seg: dict, ctx: dict, where: str) -> bytes:
 
 
 def make_zboot(value: dict, where: str) -> bytes:
-    from immutools.replica.builder import kernel_stub
-
     inner = kernel_stub(value["kernel"], f"{where}.zboot.kernel")
     how = value.get("compress", "zstd")
     if how == "zstd":
@@ -198,10 +196,8 @@ def make_zboot(value: dict, where: str) -> bytes:
 
 def make_uki(build, value: dict, ctx: dict, where: str) -> bytes:
     """A PE32+ image with the UKI sections in order (see the module docstring)."""
-    from immutools.replica.builder import entry_bytes
-
     if value["arch"] not in PE_MACHINES:
-        raise spec_mod.SpecError(f"{where}.pe_sections.arch: {value['arch']!r} (one of {', '.join(PE_MACHINES)})")
+        raise SpecError(f"{where}.pe_sections.arch: {value['arch']!r} (one of {', '.join(PE_MACHINES)})")
     machine = PE_MACHINES[value["arch"]]
     stub_code = b"immutools replica stand-in: systemd-stub code section\n".ljust(FILE_ALIGN, b"\0")
     sections: list[tuple[str, bytes, int]] = [(".text", stub_code, CODE_SECTION)]
@@ -256,7 +252,7 @@ def adv_block(tags: list[tuple[int, bytes]]) -> bytes:
     pos = 4
     for tag, value in tags:
         if pos + 8 + len(value) > ADV_BLOCK - 36:
-            raise spec_mod.SpecError("talos_meta: tags do not fit one 256 KiB ADV block")
+            raise SpecError("talos_meta: tags do not fit one 256 KiB ADV block")
         buf[pos:pos + 8] = tag.to_bytes(4, "big") + len(value).to_bytes(4, "big")
         buf[pos + 8:pos + 8 + len(value)] = value
         pos += 8 + len(value)
@@ -272,7 +268,7 @@ def syslinux_adv(tags: list[tuple[int, bytes]]) -> bytes:
     i = 8
     for tag, value in tags:
         if len(value) > 255 or i + 2 + len(value) > 506:
-            raise spec_mod.SpecError("talos_meta.legacy: tags do not fit the 512-byte syslinux ADV")
+            raise SpecError("talos_meta.legacy: tags do not fit the 512-byte syslinux ADV")
         buf[i], buf[i + 1] = tag, len(value)
         buf[i + 2:i + 2 + len(value)] = value
         i += 2 + len(value)
@@ -282,23 +278,23 @@ def syslinux_adv(tags: list[tuple[int, bytes]]) -> bytes:
 
 
 def _tag_list(mapping: dict | None, where: str) -> list[tuple[int, bytes]]:
-    return [(spec_mod.parse_int(k, where), str(v).encode()) for k, v in (mapping or {}).items()]
+    return [(parse_int(k, where), str(v).encode()) for k, v in (mapping or {}).items()]
 
 
 def make_talos_meta(value: dict, where: str) -> bytes:
-    size = spec_mod.parse_size(value.get("size", "1 MiB"), f"{where}.talos_meta.size")
+    size = parse_size(value.get("size", "1 MiB"), f"{where}.talos_meta.size")
     if size < 2 * ADV_BLOCK + 1024:
-        raise spec_mod.SpecError(f"{where}.talos_meta.size: at least {2 * ADV_BLOCK + 1024} bytes")
+        raise SpecError(f"{where}.talos_meta.size: at least {2 * ADV_BLOCK + 1024} bytes")
     out = bytearray(size)
     tags = _tag_list(value.get("tags"), f"{where}.talos_meta.tags")
     block = adv_block(tags)
     for copy in value.get("copies", [1, 2]):
-        n = spec_mod.parse_int(copy, f"{where}.talos_meta.copies")
+        n = parse_int(copy, f"{where}.talos_meta.copies")
         if n not in (1, 2):
-            raise spec_mod.SpecError(f"{where}.talos_meta.copies: 1 and/or 2")
+            raise SpecError(f"{where}.talos_meta.copies: 1 and/or 2")
         out[(n - 1) * ADV_BLOCK:n * ADV_BLOCK] = block
     for copy in value.get("corrupt", []):
-        n = spec_mod.parse_int(copy, f"{where}.talos_meta.corrupt")
+        n = parse_int(copy, f"{where}.talos_meta.corrupt")
         out[(n - 1) * ADV_BLOCK + 16] ^= 0xFF          # inside the first record: checksum no longer matches
     if value.get("legacy"):
         adv = syslinux_adv(_tag_list(value["legacy"], f"{where}.talos_meta.legacy"))

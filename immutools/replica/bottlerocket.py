@@ -16,6 +16,9 @@ import re
 import struct
 from pathlib import Path
 
+from immutools.replica.context import BuildError
+from immutools.replica.kinds import register
+
 BOOTCONFIG_MAGIC = b"#BOOTCONFIG\n"
 
 
@@ -27,14 +30,17 @@ def shrink_ext(runner, image: Path, step: str) -> dict:
     count = re.search(r"^Block count:\s*(\d+)", text, re.M)
     size = re.search(r"^Block size:\s*(\d+)", text, re.M)
     if not count or not size:
-        from immutools.replica.builder import BuildError
-
         raise BuildError(f"{step}: dumpe2fs printed no block count after resize2fs -M")
     blocks, block_size = int(count.group(1)), int(size.group(1))
     # resize2fs truncates a regular file it shrinks; make sure, the verity data area depends on it.
     with open(image, "r+b") as f:
         f.truncate(blocks * block_size)
     return {"shrunk_blocks": blocks, "shrunk_size": blocks * block_size}
+
+
+@register("bootconfig")
+def bootconfig_entry(build, value, entry, ctx, where) -> bytes:
+    return bootconfig_bytes(str(value))
 
 
 def bootconfig_bytes(text: str) -> bytes:

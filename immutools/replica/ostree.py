@@ -43,7 +43,9 @@ import re
 import subprocess
 from pathlib import Path
 
-from immutools.replica.spec import SpecError, render
+from immutools.replica.context import BuildError, SpecError, which
+from immutools.replica.spec import render
+from immutools.replica.tree import stage_tree
 
 PARTS = ("root", "boot", "all")
 RECIPE_KEYS = {"stateroot", "repo_config", "bls_naming", "steps", "physical_root_files"}
@@ -61,8 +63,6 @@ class _Sysroot:
 
 def _ostree(build, args: list, step: str) -> subprocess.CompletedProcess:
     """Run the ostree CLI through the builder's runner environment plus the unprivileged switches."""
-    from immutools.replica.builder import BuildError, which
-
     if which("ostree") is None:
         raise BuildError(f"{step}: ostree is not installed (Debian package ostree)")
     runner = build.runner
@@ -91,8 +91,6 @@ def _copy_into(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["cp", "-a", f"{src}/.", str(dst)], capture_output=True)
     if proc.returncode != 0:
-        from immutools.replica.builder import BuildError
-
         raise BuildError(f"cp -a {src} {dst}: {proc.stderr.decode(errors='replace').strip()}")
 
 
@@ -108,8 +106,6 @@ def _tree_owners(build, staging: Path) -> dict[str, tuple[int, int]]:
 
 
 def _staged_tree(build, tree: str, ctx: dict, where: str) -> tuple[Path, dict]:
-    from immutools.replica.builder import stage_tree
-
     staging = stage_tree(build, tree, ctx, where)
     return staging, _tree_owners(build, staging)
 

@@ -28,22 +28,20 @@ from typing import Any
 import yaml
 
 from immutools.paths import data_dir
+from immutools.replica import kinds
+from immutools.replica.context import SpecError
 
 FS_TYPES = ("vfat", "ext2", "ext3", "ext4", "btrfs", "xfs", "squashfs", "erofs")
 CONTENT_TYPES = FS_TYPES + ("raw", "zero")
 FORMS = ("raw", "bz2", "xz", "zst", "lz4", "gz", "qcow2")
-ENTRY_KINDS = ("text", "symlink", "dir", "elf", "pe", "kernel", "hex", "zeros", "tar", "image", "copy", "uki", "bootconfig")
-from immutools.replica.bootassets import EXTRA_ENTRY_KINDS  # noqa: E402 - cpio, pe_sections, zboot, talos_meta, padded
-ENTRY_KINDS += EXTRA_ENTRY_KINDS
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 MAX_EXTENDS_DEPTH = 16
 MAX_TEMPLATE_DEPTH = 16
 UNITS = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30,
          "T": 1 << 40, "TIB": 1 << 40, "S": 512, "SECTORS": 512}
 
-
-class SpecError(ValueError):
-    """A spec is wrong; the message names the spec file and the key."""
+__all__ = ["SpecError", "Spec", "Partition", "load_spec", "list_specs", "render", "references",
+           "parse_size", "parse_int", "parse_mode", "parse_guid", "validate_content"]
 
 
 def specs_dir() -> Path:
@@ -438,7 +436,7 @@ def _validate(name: str, path: Path, files: list[Path], data: dict) -> Spec:
         if not isinstance(content, dict) or content.get("type") not in CONTENT_TYPES:
             raise SpecError(f"{pw}.content.type: {content.get('type') if isinstance(content, dict) else content!r} "
                             f"(one of {', '.join(CONTENT_TYPES)})")
-        _validate_content(content, f"{pw}.content", trees, sectors * sector_size)
+        validate_content(content, f"{pw}.content", trees, sectors * sector_size)
         part.content = content
         if p.get("verity") is not None:
             v = p["verity"]
@@ -502,7 +500,7 @@ FS_KEYS = {
     "xfs": {"type", "size", "label", "uuid", "tree", "options"},
     "squashfs": {"type", "comp", "block_size", "tree", "options"},
     "erofs": {"type", "compress", "uuid", "tree", "options"},
-    "raw": {"type"} | set(ENTRY_KINDS) | {"compress"},
+    "raw": {"type", "compress"},             # + one entry kind (from the registry, at validation)
     "zero": {"type"},
 }
 FS_KEYS["ext3"] = FS_KEYS["ext4"] = FS_KEYS["ext2"]
@@ -511,9 +509,10 @@ for _fs in ("ext2", "xfs", "btrfs"):
 FS_KEYS["ext2"].add("shrink")         # resize2fs -M after mkfs (Bottlerocket BOOT/ROOT), shared by ext3/ext4
 
 
-def _validate_content(content: dict, where: str, trees: dict, part_bytes: int | None) -> None:
+def validate_content(content: dict, where: str, trees: dict, part_bytes: int | None) -> None:
     ctype = content["type"]
-    _check_keys(content, FS_KEYS[ctype], where)
+    allowed = FS_KEYS[ctype] | (set(kinds.kind_names()) if ctype == "raw" else set())
+    _check_keys(content, allowed, where)
     if "tree" in content and content["tree"] not in trees:
         raise SpecError(f"{where}.tree: no tree {content['tree']!r} under trees:")
     if "size" in content and part_bytes is not None:
@@ -525,53 +524,27 @@ def _validate_content(content: dict, where: str, trees: dict, part_bytes: int | 
         if size < 300 * 1024 * 1024 and "--unsupported" not in [str(o) for o in content.get("options") or []]:
             raise SpecError(f"{where}: xfs needs at least 300 MiB (mkfs.xfs refuses smaller), got {size} bytes")
     if ctype == "raw":
-        kinds = [k for k in ENTRY_KINDS if k in content]
-        if len(kinds) != 1:
-            raise SpecError(f"{where}: raw content needs exactly one of {', '.join(ENTRY_KINDS)}")
+        names = kinds.kind_names()
+        if len([k for k in names if k in content]) != 1:
+            raise SpecError(f"{where}: raw content needs exactly one of {', '.join(names)}")
     if "uuid" in content and not TEMPLATE.search(str(content["uuid"])):
         parse_guid(content["uuid"], f"{where}.uuid")
 
 
-ENTRY_COMMON = {"mode", "uid", "gid", "compress"}
-
-
 def _validate_entry(entry: Any, where: str, trees: dict) -> None:
+    """One tree entry: exactly one registered kind, the common keys, and the kind's own schema."""
     if not isinstance(entry, dict):
         raise SpecError(f"{where}: an entry must be a mapping (text:, symlink:, dir:, elf:, ...)")
-    kinds = [k for k in ENTRY_KINDS if k in entry]
-    if len(kinds) != 1:
-        hint = " (an overlay changing an entry's kind must drop the inherited one, e.g. `symlink: ~`)" if kinds else ""
-        raise SpecError(f"{where}: give exactly one of {', '.join(ENTRY_KINDS)} (found {kinds or 'none'}){hint}")
-    _check_keys(entry, ENTRY_COMMON | set(ENTRY_KINDS), where)
+    kind = kinds.kind_of(entry, where)
+    _check_keys(entry, kinds.ENTRY_COMMON | set(kinds.kind_names()), where)
     if "mode" in entry:
         parse_mode(entry["mode"], f"{where}.mode")
     for k in ("uid", "gid"):
         if k in entry:
             parse_int(entry[k], f"{where}.{k}")
-    if entry.get("compress") not in (None, "xz", "gzip", "zstd"):
-        raise SpecError(f"{where}.compress: {entry['compress']!r} (xz, gzip or zstd)")
-    kind = kinds[0]
-    if kind == "image":
-        img = entry["image"]
-        if not isinstance(img, dict) or img.get("type") not in FS_TYPES:
-            raise SpecError(f"{where}.image.type: one of {', '.join(FS_TYPES)}")
-        _validate_content(img, f"{where}.image", trees, None)
-    if kind == "tar":
-        members = entry["tar"]
-        if not isinstance(members, dict):
-            raise SpecError(f"{where}.tar: a mapping of member path to entry")
-        for mpath, m in members.items():
-            _validate_entry(m, f"{where}.tar.{mpath!r}", trees)
-    if kind == "elf":
-        if not isinstance(entry["elf"], dict) or "arch" not in entry["elf"]:
-            raise SpecError(f"{where}.elf: needs arch (x86_64, aarch64, ...)")
-    if kind in EXTRA_ENTRY_KINDS:
-        from immutools.replica.bootassets import validate_extra_entry
-
-        validate_extra_entry(entry, kind, where, trees, _validate_entry)
-    if kind == "kernel":
-        if not isinstance(entry["kernel"], dict) or "arch" not in entry["kernel"]:
-            raise SpecError(f"{where}.kernel: needs arch")
+    if entry.get("compress") not in (None, *kinds.COMPRESSIONS):
+        raise SpecError(f"{where}.compress: {entry['compress']!r} ({', '.join(kinds.COMPRESSIONS)})")
+    kinds.validate_value(kind, entry, where, trees, _validate_entry)
 
 
 def list_specs(directory: Path | None = None) -> list[Spec]:

@@ -1,7 +1,7 @@
 """Unified Kernel Images for replicas, made the classic way: ``objcopy --add-section`` onto the real
 systemd-stub of the build host (Debian package ``systemd-boot-efi``).
 
-Entry kind ``uki:`` (dispatched from ``builder.entry_bytes``)::
+Entry kind ``uki:`` (registered in ``immutools.replica.kinds``)::
 
     uki:
       stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub     # default: the x86-64 stub
@@ -22,7 +22,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from immutools.replica.spec import SpecError
+from immutools.replica.context import BuildError, SpecError, which
+from immutools.replica.kinds import entry_bytes, register
 
 DEFAULT_STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 UKI_SECTIONS = (".osrel", ".cmdline", ".uname", ".linux", ".initrd", ".splash", ".dtb", ".sbat", ".pcrpkey", ".pcrsig")
@@ -42,9 +43,12 @@ def _stub_end(stub: Path, where: str) -> int:
     return (end + _PAGE - 1) // _PAGE * _PAGE
 
 
-def uki_bytes(build, spec: dict, ctx: dict, where: str) -> bytes:
-    from immutools.replica.builder import BuildError, entry_bytes, which
+@register("uki")
+def uki_entry(build, value, entry, ctx, where) -> bytes:
+    return uki_bytes(build, value, ctx, f"{where}.uki")
 
+
+def uki_bytes(build, spec: dict, ctx: dict, where: str) -> bytes:
     if not isinstance(spec, dict) or not isinstance(spec.get("sections"), dict) or not spec["sections"]:
         raise SpecError(f"{where}: {{stub: PATH, sections: {{.osrel: <entry>, .linux: <entry>, ...}}}}")
     stub = Path(str(spec.get("stub") or DEFAULT_STUB))
