@@ -1066,9 +1066,13 @@ class ErofsFileSystem(FileSystem):
     # ---- whole-tree metadata -----------------------------------------------------------------------
     def walk_table(self, path: str = "/", exclude: tuple[str, ...] = ()):
         """Inodes and directory blocks decoded a level at a time with numpy (``erofs_tables.py``)."""
+        from immutools.fs.dissect_common import library_errors
         from immutools.fs.erofs_tables import ErofsTables
 
-        return ErofsTables(self).walk_table(path, exclude, self._resolve(path, True))
+        start = self._resolve(path, True)
+        # Our checks raise our errors; anything else numpy or struct raise on damage becomes one.
+        with library_errors("erofs", path, "walk"):
+            return ErofsTables(self).walk_table(path, exclude, start)
 
 
 def _lz4_decode_partial(src: bytes, out_len: int) -> bytes | None:
