@@ -15,6 +15,8 @@ says every installed system has::
         - fact: path /var                      # a row of the path table
         - fact: os.version                     # a report value, by dotted path (os, update,
         - fact: integrity.root_hash            #   integrity, surface): present and not empty
+      roles:                                   # images of another os.role (a separate data disk)
+        data-disk: {documented_by: ..., facts: [...]}
 
 A mount fact with a ``default`` is filled by ``immutools.system.compose.finish`` when the image
 did not describe it (then it is ``inferred`` and a warning says why). ``evaluate`` works on the
@@ -56,8 +58,13 @@ def applies(fact: dict, version: str | None) -> bool:
     return True
 
 
-def guaranteed_facts(knowledge: dict | None, version: str | None) -> list[dict]:
+def guaranteed_facts(knowledge: dict | None, version: str | None, role: str | None = None) -> list[dict]:
+    """The facts guaranteed for ``version``. An image of another role than an installed system
+    (``os.role``, e.g. Bottlerocket's separate data image) uses the block of that role in
+    ``guarantees.roles`` when there is one."""
     block = (knowledge or {}).get("guarantees") or {}
+    if role and role in (block.get("roles") or {}):
+        block = block["roles"][role]
     default_ref = block.get("documented_by")
     out = []
     for fact in block.get("facts", []):
@@ -66,9 +73,9 @@ def guaranteed_facts(knowledge: dict | None, version: str | None) -> list[dict]:
     return out
 
 
-def applicable_mount_defaults(knowledge: dict | None, version: str | None) -> list[tuple[str, dict, str]]:
+def applicable_mount_defaults(knowledge: dict | None, version: str | None, role: str | None = None) -> list[tuple[str, dict, str]]:
     """(fact name, default mount, reference) of every guaranteed mount with a documented default."""
-    return [(f["fact"], f["default"], f["documented_by"]) for f in guaranteed_facts(knowledge, version)
+    return [(f["fact"], f["default"], f["documented_by"]) for f in guaranteed_facts(knowledge, version, role)
             if f["fact"].startswith("mount ") and f.get("default")]
 
 
@@ -118,9 +125,10 @@ def evaluate(report: dict, knowledge: dict | None, explanations: dict | None = N
     """Each guaranteed fact of ``knowledge`` (a distribution file) checked against ``report``."""
     explanations = explanations or {}
     version = (report.get("os") or {}).get("version")
+    role = (report.get("os") or {}).get("role")
     result = Completeness(knowledge.get("id") if knowledge else None,
                           distribution_name=knowledge.get("name") if knowledge else None)
-    for fact in guaranteed_facts(knowledge, version):
+    for fact in guaranteed_facts(knowledge, version, role):
         name = fact["fact"]
         if name.startswith("mount "):
             status, ev = _mount_status(report, name[len("mount "):])

@@ -474,7 +474,7 @@ def add_guaranteed_defaults(image: DiskImage, findings: Findings, knowledge: dic
     fills a default that names none)."""
     if not knowledge:
         return
-    for fact, default, ref in applicable_mount_defaults(knowledge, findings.os.version):
+    for fact, default, ref in applicable_mount_defaults(knowledge, findings.os.version, findings.os.extra.get("role")):
         target = default["target"]
         if table.get(target) is not None:
             continue

@@ -22,7 +22,7 @@ from immutools.report.model import STANDARD_PATHS, Findings
 from immutools.system.compose import existing_resolver, finish
 
 from .boot import read_boot
-from .data_disk import data_image_knowledge, gather_data_disk
+from .data_disk import gather_data_disk
 from .detect import detect_data_disk, detect_os_disk
 from .layout import find_banks, read_os_disk
 from .mounts import MountPlan, compose_system
@@ -52,8 +52,6 @@ class BottlerocketCollector(Collector):
 
     def gather(self, image: DiskImage, detection: Detection, findings: Findings) -> None:
         if detection.facts.get("kind") == "data-disk":
-            # The completeness check reads self.knowledge: a data image has its own guarantees.
-            self.knowledge = data_image_knowledge(self.knowledge)
             gather_data_disk(image, self.knowledge, detection.evidence, findings)
             return
         knowledge = self.knowledge

@@ -4,8 +4,6 @@ ext4, zeros (XFS variants: the filesystem is made at first boot) or, once booted
 
 from __future__ import annotations
 
-from collections import ChainMap
-
 from immutools.disk import DiskImage
 from immutools.errors import ImmutoolsError
 from immutools.report.model import Findings, OsIdentity, evidence
@@ -15,12 +13,6 @@ from .layout import data_rows
 
 _MAX_LISTED = 64
 _FS_HOUSEKEEPING = ("lost+found",)       # made by mkfs, not by the OS
-
-
-def data_image_knowledge(knowledge: dict):
-    """The knowledge the completeness check reads for a data image: the data file with the data
-    image's own guarantees in place of the OS disk's (nothing is copied)."""
-    return ChainMap({"guarantees": knowledge["data_image"]["guarantees"]}, knowledge)
 
 
 def _contents(image: DiskImage, knowledge: dict, rows: list[dict], ev: list[dict]) -> list[str]:
