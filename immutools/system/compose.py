@@ -489,7 +489,7 @@ def add_guaranteed_defaults(image: DiskImage, findings: Findings, knowledge: dic
                              observed=False, volume=vol, evidence=ev))
         findings.explain(fact, reason)
         image.warn(f"{fact}: not found in the image ({reason}); reporting the documented default "
-                   f"({default.get('source')} {default.get('fstype')}, inferred)")
+                   f"({' '.join(str(x) for x in (default.get('source'), fstype) if x)}, inferred)")
 
 
 def finish(image: DiskImage, findings: Findings, knowledge: dict | None, table: MountTable, tree: OsTree | None, *,
