@@ -90,7 +90,7 @@ def _digest(store: DecompressionCache, src: FileSource, codec: str, stats: ReadS
     """Content digest of the compressed file, remembered under its pre-key (None if unreadable)."""
     try:
         st = os.fstat(src.fileno())
-        prekey = store.prekey(st, f"{codec}-digest")
+        prekey = "d-" + store.prekey(st, codec)  # "d-": holds a content digest, not an entry key
         known = store.known_key(prekey)
         if known is not None:
             return known

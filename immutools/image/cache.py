@@ -458,6 +458,8 @@ class DecompressionCache:
         prekeys = os.path.join(self.dir, "prekeys")
         try:
             for name in os.listdir(prekeys):
+                if name.startswith("d-"):
+                    continue  # a file's content digest (random-access images), valid without an entry
                 key = self.known_key(name)
                 if key is None or not os.path.exists(self._path(key, ".json")):
                     try:
