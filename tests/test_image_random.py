@@ -280,3 +280,13 @@ def test_bzip2_magic_search_matches_bit_offsets(tmp_path):
     assert found[0] == (32, bzip2blocks.BLOCK_MAGIC)
     assert [m for _pos, m in found] == [bzip2blocks.BLOCK_MAGIC, bzip2blocks.BLOCK_MAGIC, bzip2blocks.END_MAGIC]
     assert (found[-1][0] + 80 + 7) // 8 == path.stat().st_size
+
+
+def test_bzip2_file_of_block_magics_is_refused_as_corrupt(tmp_path):
+    """Hostile input for the block search: nothing but block magics. The block plan fails, the
+    sequential decoder reports the damage; nothing hangs or exhausts memory."""
+    path = tmp_path / "magics.bz2"
+    path.write_bytes(b"BZh9" + (0x314159265359).to_bytes(6, "big") * 400_000)
+    with pytest.raises(CorruptDataError) as err:
+        open_image(path, progress=False, cache=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -34,7 +34,8 @@ from immutools.image.source import ByteSource
 
 BLOCK_MAGIC = 0x314159265359
 END_MAGIC = 0x177245385090
-SEARCH_WINDOW = 32 * 1024 * 1024
+SEARCH_WINDOW = 8 * 1024 * 1024  # candidate index arrays stay within ~64 MiB even on hostile bytes
+MAX_MAGICS = 2_000_000  # ~1.8 TB of bzip2 input; a file with more magics is decoded sequentially
 # A block holds at most 900,000 bytes before the initial run-length coding, which turns 4-255
 # equal bytes into 5: ~46 MB of output at most. More than this is not a bzip2 block.
 MAX_BLOCK_OUTPUT = 64 * 1024 * 1024
@@ -80,6 +81,8 @@ def _magic_positions(src: ByteSource) -> list[tuple[int, int]]:
                 value = int.from_bytes(chunk[i : i + 7], "big")
                 if (value >> (8 - shift)) & ((1 << 48) - 1) == magic:
                     found.append(((pos + i) * 8 + shift, magic))
+        if len(found) > MAX_MAGICS:
+            raise _Fallback("too many block magics")
         pos += SEARCH_WINDOW
     found.sort()
     return found
