@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from immutools.errors import CorruptDataError, ImmutoolsError, LimitExceededError
-from immutools.fs.tablewalk import READ_CHUNK, BulkTables, Level, coalesce, concat_levels, empty_level, gather_names
+from immutools.fs.tablewalk import BulkTables, Level, concat_levels, empty_level, gather_names, read_batches
 
 if TYPE_CHECKING:
     from immutools.fs.extfs import ExtFileSystem
@@ -135,6 +135,9 @@ class Ext4Tables(BulkTables):
         return data
 
     # ---- inode tables ----------------------------------------------------------------------------
+    def root_key(self) -> int:
+        return 2                     # EXT4_ROOT_INO
+
     def _load(self) -> None:
         """Decode every in-use inode (by the inode bitmaps) into columns."""
         desc = self.descriptors()
@@ -160,16 +163,11 @@ class Ext4Tables(BulkTables):
         bitmap_bytes = -(-ipg // 8)
         order = groups[np.argsort(desc["bitmap"][groups], kind="stable")]
         offs = desc["bitmap"][order].astype(np.int64) * self.bs
-        for start, length, idx in coalesce(offs, np.full(len(order), bitmap_bytes, np.int64)):
-            data = self.source.read_at(start, length)
-            for i in idx.tolist():
+        for data, idx, rel in read_batches(self.source, offs, bitmap_bytes, self.warn):
+            buf = np.frombuffer(data, np.uint8)
+            for i, at in zip(idx.tolist(), rel.tolist()):
                 g = int(order[i])
-                rel = int(offs[i]) - start
-                chunk = data[rel: rel + bitmap_bytes]
-                if len(chunk) != bitmap_bytes:
-                    self.warn(f"group {g}: inode bitmap beyond the end of the image")
-                    continue
-                bits = np.unpackbits(np.frombuffer(chunk, np.uint8), bitorder="little")[: int(limit[g])]
+                bits = np.unpackbits(buf[at: at + bitmap_bytes], bitorder="little")[: int(limit[g])]
                 used_inos.append(np.flatnonzero(bits).astype(np.int64) + g * ipg + 1)
         inos = np.sort(np.concatenate(used_inos)) if used_inos else np.zeros(0, np.int64)
         cap = 2 * self.extfs.limits.max_walk_entries
@@ -182,19 +180,11 @@ class Ext4Tables(BulkTables):
         byte = desc["table"][grp].astype(np.int64) * self.bs + idx * self.isz
         recs = np.zeros(len(inos), self.packed)
         order = np.argsort(byte, kind="stable")
-        sorted_byte = byte[order]
-        for start, length, sel in coalesce(sorted_byte, np.full(len(order), self.isz, np.int64)):
-            data = self.source.read_at(start, length)
-            rel = sorted_byte[sel] - start
-            ok = rel + self.isz <= len(data)
-            if not ok.all():
-                self.warn(f"inode table at byte {start} runs past the end of the image")
-                sel, rel = sel[ok], rel[ok]
-            if not len(sel):
-                continue
+        for data, sel, rel in read_batches(self.source, byte[order], self.isz, self.warn):
+            # Inodes of one buffer lie at multiples of the inode size from its start (tables are
+            # block aligned, reads start at an inode); copy field by field (a whole record per
+            # inode would be mostly unused bytes).
             table = np.frombuffer(data, self.dtype, count=len(data) // self.isz)
-            # Inodes of one read lie at multiples of the inode size from its start; copy field by
-            # field (a whole 256-byte record per inode would be mostly unused bytes).
             src, dst = rel // self.isz, order[sel]
             for name in self.dtype.names:
                 recs[name][dst] = table[name][src]
@@ -363,44 +353,12 @@ class Ext4Tables(BulkTables):
 
     def _parse_blocks(self, blk_owner, blk_logical, blk_phys, owners, dir_inos) -> Level:
         """Read the blocks (sorted, coalesced into few reads) and follow the record chains of all
-        of them together, one joined buffer of up to ``READ_CHUNK`` bytes at a time."""
+        of them together, one joined buffer of a few MiB at a time."""
         bs = self.bs
         order = np.argsort(blk_phys, kind="stable")
         blk_owner, blk_logical, blk_phys = blk_owner[order], blk_logical[order], blk_phys[order]
-        parts: list[Level] = []
-        pieces: list[bytes] = []
-        offs: list[np.ndarray] = []
-        sels: list[np.ndarray] = []
-        filled = 0
-
-        def flush() -> None:
-            nonlocal filled
-            if sels:
-                sel = np.concatenate(sels)
-                parts.append(self._chains(b"".join(pieces), np.concatenate(offs), blk_owner[sel], blk_logical[sel],
-                                          owners, dir_inos))
-            pieces.clear()
-            offs.clear()
-            sels.clear()
-            filled = 0
-
-        for start, length, sel in coalesce(blk_phys * bs, np.full(len(blk_phys), bs, np.int64)):
-            data = self.source.read_at(start, length)
-            rel = blk_phys[sel] * bs - start
-            ok = rel + bs <= len(data)
-            if not ok.all():
-                self.warn(f"directory block {int(blk_phys[sel][~ok][0])} beyond the end of the image")
-                sel, rel = sel[ok], rel[ok]
-                data = data[: len(data) - len(data) % 4]
-            if not len(sel):
-                continue
-            pieces.append(data)
-            offs.append(rel + filled)
-            sels.append(sel)
-            filled += len(data)
-            if filled >= READ_CHUNK:
-                flush()
-        flush()
+        parts = [self._chains(data, rel, blk_owner[sel], blk_logical[sel], owners, dir_inos)
+                 for data, sel, rel in read_batches(self.source, blk_phys * bs, bs, self.warn)]
         return concat_levels(parts)
 
     def _chains(self, data: bytes, block_start: np.ndarray, owner: np.ndarray, logical: np.ndarray,
@@ -408,7 +366,7 @@ class Ext4Tables(BulkTables):
         """Follow the ext4_dir_entry_2 chain of every block in ``data`` (starting at byte offsets
         ``block_start``) in lock step; checks as fs/ext4/dir.c __ext4_check_dir_entry."""
         bs = self.bs
-        words = np.frombuffer(data, "<u4")
+        words = np.frombuffer(data, "<u4", count=len(data) // 4)
         pos = block_start // 4                          # word index of the current record
         base = block_start // 4
         blk = np.arange(len(block_start))
@@ -451,6 +409,9 @@ class Ext4Tables(BulkTables):
         for i in np.flatnonzero(big)[:5].tolist():
             self.warn(f"directory inode {int(dir_inos[owners[owner[blk[i]]]])}: entry points to inode {int(ino[i])} beyond {self.inodes_count}")
         keep &= ~big
+        wanted = self.keep_mask(ino)
+        if wanted is not None:
+            keep &= wanted
         sel = np.flatnonzero(keep)
         # Listing order: by directory, then logical block, then offset in the block.
         order = np.lexsort((pos[sel], logical[blk[sel]], owner[blk[sel]]))
@@ -486,6 +447,10 @@ class Ext4Tables(BulkTables):
                         keys.append(child)
                         names.append(name)
                 pos += rec
+        wanted = self.keep_mask(np.asarray(keys, np.int64))
+        if wanted is not None:
+            keys = [k for k, w in zip(keys, wanted) if w]
+            names = [n for n, w in zip(names, wanted) if w]
         lens = np.asarray([len(n) for n in names], np.int64)
         z = np.zeros(len(keys), np.uint32)
         return Level(owner=np.full(len(keys), owner, np.int64), key=np.asarray(keys, np.int64), mode=z, uid=z, gid=z,

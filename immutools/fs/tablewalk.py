@@ -26,33 +26,52 @@ from immutools.limits import Limits
 
 S_IFMT = 0o170000
 READ_CHUNK = 16 << 20         # bytes per read of inode tables / directory blocks
-MERGE_GAP = 64 << 10          # read across gaps up to this size rather than issuing another read
+MERGE_GAP = 16 << 10          # read across gaps up to this size rather than issuing another read
 MAX_WARNINGS = 50             # per filesystem; then one line saying more were not listed
 MAX_MISSING_INODES = 4096     # inodes outside the tables read one by one, per level
 
 
-def coalesce(offsets: np.ndarray, lengths: np.ndarray, gap: int = MERGE_GAP, chunk: int = READ_CHUNK):
-    """Group byte ranges (sorted by offset) into reads across small gaps, each about ``chunk``
-    bytes at most: a list of (read_offset, read_length, indices into the ranges)."""
+def read_batches(source, offsets: np.ndarray, item_len: int, warn: Callable[[str], None] | None = None,
+                 gap: int = MERGE_GAP, chunk: int = READ_CHUNK):
+    """Read many equal-sized items at byte ``offsets`` (sorted ascending): nearby items share one
+    read (across gaps up to ``gap``), reads are joined into buffers of about ``chunk`` bytes.
+    Yields (buffer, item indices, item offsets in the buffer); items past the end of the source
+    are left out (and warned)."""
     n = len(offsets)
     if n == 0:
-        return []
+        return
     offsets = np.asarray(offsets, np.int64)
-    ends = offsets + np.asarray(lengths, np.int64)
+    ends = offsets + item_len
     run_end = np.maximum.accumulate(ends)
     brk = np.ones(n, bool)
     brk[1:] = offsets[1:] > run_end[:-1] + gap
+    # a run also ends where it would grow past a chunk
     group = np.cumsum(brk) - 1
     piece = (offsets - offsets[brk][group]) // chunk
-    change = np.ones(n, bool)
-    change[1:] = (group[1:] != group[:-1]) | (piece[1:] != piece[:-1])
-    first = np.flatnonzero(change)
+    brk[1:] |= piece[1:] != piece[:-1]
+    first = np.flatnonzero(brk)
     last = np.append(first[1:], n)
-    stop = np.maximum.reduceat(ends, first)
-    return [(int(offsets[a]), int(e) - int(offsets[a]), np.arange(a, b))
-            for a, b, e in zip(first.tolist(), last.tolist(), stop.tolist())]
-
-
+    run_start = offsets[first]
+    run_len = np.maximum.reduceat(ends, first) - run_start
+    count = last - first
+    batch = (np.cumsum(run_len) - run_len) // chunk
+    cuts = np.flatnonzero(np.diff(batch)) + 1
+    for r0, r1 in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(first)]]).tolist()):
+        starts = run_start[r0:r1].tolist()
+        lens = run_len[r0:r1].tolist()
+        pieces = [source.read_at(s, ln) for s, ln in zip(starts, lens)]
+        got = np.fromiter((len(p) for p in pieces), np.int64, count=len(pieces))
+        base = np.cumsum(got) - got
+        items = np.arange(first[r0], last[r1 - 1])
+        run_of = np.repeat(np.arange(r1 - r0), count[r0:r1])
+        rel = offsets[items] - run_start[r0:r1][run_of]
+        ok = rel + item_len <= got[run_of]
+        if not ok.all():
+            if warn is not None:
+                warn(f"data at byte {int(offsets[items[~ok][0]])} lies beyond the end of the image")
+            items, rel, run_of = items[ok], rel[ok], run_of[ok]
+        if len(items):
+            yield (pieces[0] if len(pieces) == 1 else b"".join(pieces)), items, rel + base[run_of]
 
 
 @dataclass
@@ -383,16 +402,73 @@ class BulkTables:
     def walk_table(self, path: str, start: int, exclude: tuple[str, ...]) -> EntryTable:
         self.load()
         first = len(self.warnings)
-        table, _rows = walk_levels(self.expand, base=path, start_key=start, exclude=exclude,
+        # From the root every directory is read anyway: one pass over all of them (fewer,
+        # larger reads, one lock-step chain walk) beats a pass per tree level.
+        expand = self._index_expand(self.all_entries()) if start == self.root_key() else self.expand
+        table, _rows = walk_levels(expand, base=path, start_key=start, exclude=exclude,
                                    limits=self.fs.limits, warn=self.warn)
         table.warnings = self.warnings[first:]
         return table
 
     def find_special(self, path: str, start: int, exclude: tuple[str, ...], bits: int) -> list:
+        """Modes first: without an in-use inode that has the bits nothing else is read. Else one
+        pass over all directory blocks keeps only the entries naming a directory or a hit (their
+        names alone are decoded), and the breadth-first walk runs over that small index: paths,
+        exclusions, loops and depth exactly as a full walk would see them."""
         self.load()
         ftype = self.mode & np.uint32(S_IFMT)
-        if not np.any((ftype == stat_mod.S_IFREG) & ((self.mode & np.uint32(bits)) != 0)):
-            return []     # no in-use inode has the bits: no directory needs reading
-        table, rows = walk_levels(self.expand, base=path, start_key=start, exclude=exclude,
+        hit = (ftype == stat_mod.S_IFREG) & ((self.mode & np.uint32(bits)) != 0)
+        if not np.any(hit):
+            return []
+        wanted = hit | (ftype == stat_mod.S_IFDIR)
+
+        def keep(inos: np.ndarray) -> np.ndarray:
+            pos = self.positions(inos)
+            return (pos < 0) | wanted[np.maximum(pos, 0)]     # unknown inodes: let ``ensure`` judge
+
+        index = self.all_entries(keep)
+        table, rows = walk_levels(self._index_expand(index), base=path, start_key=start, exclude=exclude,
                                   limits=self.fs.limits, warn=self.warn, special_bits=bits)
         return special_from_table(table, rows, bits)
+
+    # ---- one pass over every directory -------------------------------------------------------------
+    _keep_child: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def root_key(self) -> int:
+        raise NotImplementedError
+
+    def keep_mask(self, inos: np.ndarray) -> np.ndarray | None:
+        """For backends while decoding entries: which to keep (None: all)."""
+        return None if self._keep_child is None else self._keep_child(inos)
+
+    def all_entries(self, keep: Callable[[np.ndarray], np.ndarray] | None = None) -> Level:
+        """The entries of every in-use directory (``keep``: only entries whose child inode it
+        accepts), ``owner`` being the directory's inode number, sorted by it."""
+        dirs = self.ino[self.dir_pos]
+        self._keep_child = keep
+        try:
+            level = self.expand(dirs)
+        finally:
+            self._keep_child = None
+        order = np.argsort(level.owner, kind="stable")
+        level = _take(level, order)
+        level.owner = dirs[level.owner]
+        return level
+
+    @staticmethod
+    def _index_expand(index: Level) -> ExpandFn:
+        """An ``expand`` that answers from an ``all_entries`` index instead of reading."""
+        owners = index.owner
+
+        def expand(dir_keys: np.ndarray) -> Level:
+            lo = np.searchsorted(owners, dir_keys, side="left")
+            hi = np.searchsorted(owners, dir_keys, side="right")
+            counts = hi - lo
+            total = int(counts.sum())
+            starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+            idx = starts + np.arange(total)
+            level = _take(index, idx)
+            level.owner = np.repeat(np.arange(len(dir_keys)), counts)
+            return level
+
+        return expand

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from immutools.errors import CorruptDataError, ImmutoolsError, LimitExceededError
-from immutools.fs.tablewalk import READ_CHUNK, BulkTables, Level, coalesce, concat_levels, empty_level, gather_names
+from immutools.fs.tablewalk import BulkTables, Level, concat_levels, empty_level, gather_names, read_batches
 
 if TYPE_CHECKING:
     from immutools.fs.xfs import XfsFileSystem
@@ -82,6 +82,9 @@ class XfsTables(BulkTables):
             fields.append(("flags2", ">u8", 120))
         self.dtype = np.dtype({"names": [f[0] for f in fields], "formats": [f[1] for f in fields],
                                "offsets": [f[2] for f in fields], "itemsize": self.isz})
+
+    def root_key(self) -> int:
+        return int(self.sb.sb_rootino)
 
     # ---- inode btrees ----------------------------------------------------------------------------
     def _inobt_records(self, ag: int) -> np.ndarray:
@@ -170,16 +173,7 @@ class XfsTables(BulkTables):
         dir_idx, dir_raw = [], []
         byte = self._byte_offsets(inos)
         order = np.argsort(byte, kind="stable")
-        sorted_byte = byte[order]
-        for start, length, sel in coalesce(sorted_byte, np.full(len(order), self.isz, np.int64)):
-            data = self.source.read_at(start, length)
-            rel = sorted_byte[sel] - start
-            ok = rel + self.isz <= len(data)
-            if not ok.all():
-                self.warn(f"inode cluster at byte {start} runs past the end of the image")
-                sel, rel = sel[ok], rel[ok]
-            if not len(sel):
-                continue
+        for data, sel, rel in read_batches(self.source, byte[order], self.isz, self.warn):
             table = np.frombuffer(data, self.dtype, count=len(data) // self.isz)
             src, dst = rel // self.isz, order[sel]
             for name in PACKED.names:
@@ -309,6 +303,10 @@ class XfsTables(BulkTables):
                 names.append(name.encode("utf-8", "surrogateescape"))
         except Exception as exc:  # noqa: BLE001 - dissect raises anything on damage
             self.warn(f"directory inode {ino}: {type(exc).__name__}: {exc}")
+        wanted = self.keep_mask(np.asarray(keys, np.int64))
+        if wanted is not None:
+            keys = [k for k, w in zip(keys, wanted) if w]
+            names = [n for n, w in zip(names, wanted) if w]
         return _level_of(owner, keys, names)
 
     def _shortform(self, raw: np.ndarray, core: np.ndarray, size: np.ndarray, owners: np.ndarray, dir_inos) -> Level:
@@ -356,6 +354,9 @@ class XfsTables(BulkTables):
             # big-endian 4-byte numbers, or 8-byte ones when the header's i8count is set
             take = wide | (j < 4)
             ino[take] = (ino[take] << 8) | buf[ino_at[take] + j]
+        wanted = self.keep_mask(ino)
+        if wanted is not None:
+            row, p, namelen, ino = row[wanted], p[wanted], namelen[wanted], ino[wanted]
         data = buf.tobytes()
         blob = gather_names(data, p + 3, namelen)
         starts = np.cumsum(namelen + 1) - (namelen + 1)
@@ -455,41 +456,15 @@ class XfsTables(BulkTables):
         dirblk, bs = self.dirblk, self.bs
         order = np.argsort(blk_phys, kind="stable")
         blk_row, blk_db, blk_phys = blk_row[order], blk_db[order], blk_phys[order]
-        parts, pieces, offs, sels = [], [], [], []
-        filled = 0
-
-        def flush() -> None:
-            nonlocal filled
-            if sels:
-                sel = np.concatenate(sels)
-                parts.append(self._chains(b"".join(pieces), np.concatenate(offs), blk_row[sel], blk_db[sel], owners, dir_inos))
-            pieces.clear(), offs.clear(), sels.clear()
-            filled = 0
-
-        for start, length, sel in coalesce(blk_phys * bs, np.full(len(blk_phys), dirblk, np.int64)):
-            data = self.source.read_at(start, length)
-            rel = blk_phys[sel] * bs - start
-            ok = rel + dirblk <= len(data)
-            if not ok.all():
-                self.warn(f"directory block at fs block {int(blk_phys[sel][~ok][0])} beyond the end of the image")
-                sel, rel = sel[ok], rel[ok]
-                data = data[: len(data) - len(data) % 8]
-            if not len(sel):
-                continue
-            pieces.append(data)
-            offs.append(rel + filled)
-            sels.append(sel)
-            filled += len(data)
-            if filled >= READ_CHUNK:
-                flush()
-        flush()
+        parts = [self._chains(data, rel, blk_row[sel], blk_db[sel], owners, dir_inos)
+                 for data, sel, rel in read_batches(self.source, blk_phys * bs, dirblk, self.warn)]
         return concat_levels(parts)
 
     def _chains(self, data: bytes, block_start: np.ndarray, row: np.ndarray, db: np.ndarray, owners, dir_inos) -> Level:
         """Follow the data entries / unused regions of every directory block (xfs_da_format.h
         xfs_dir2_data_entry, xfs_dir2_data_unused; 8-byte aligned) in lock step."""
         dirblk = self.dirblk
-        words = np.frombuffer(data, ">u8")
+        words = np.frombuffer(data, ">u8", count=len(data) // 8)
         buf = np.frombuffer(data, np.uint8)
         magic = (words[block_start // 8] >> np.uint64(32)).astype(np.int64)
         v5 = self.v5
@@ -546,7 +521,11 @@ class XfsTables(BulkTables):
         first = buf[p + 9]
         second = buf[np.minimum(p + 10, len(buf) - 1)]
         dots = ((namelen == 1) & (first == 0x2E)) | ((namelen == 2) & (first == 0x2E) & (second == 0x2E))
-        p, b, ino, namelen = p[~dots], b[~dots], ino[~dots], namelen[~dots]
+        keep = ~dots
+        wanted = self.keep_mask(ino)
+        if wanted is not None:
+            keep &= wanted
+        p, b, ino, namelen = p[keep], b[keep], ino[keep], namelen[keep]
         blob = gather_names(data, p + 9, namelen)
         starts = np.cumsum(namelen + 1) - (namelen + 1)
         return self._level(owners[row[b]], ino, blob, starts, namelen)
