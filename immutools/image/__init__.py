@@ -7,8 +7,10 @@ indexes itself, else decompressed once into the decompression cache or a sparse 
 container (``.qcow2.xz``). The input is only ever opened read-only.
 
 Read accounting (``ReadStats``): ``bytes_read`` counts bytes read from files — the input file
-(for compressed input this includes the one full pass of decompression), VMDK extent files and
-the decompressed temporary file; ``bytes_decompressed`` counts decompressed output.
+(for compressed input this includes the one full pass of decompression, or of hashing it for the
+cache key), VMDK extent files and the decompressed file; ``bytes_decompressed`` counts decompressed
+output (0 on a cache hit; only the blocks decoded, for random access). ``OpenedImage.access`` and
+``OpenedImage.cache`` say which path a compressed image took.
 """
 
 from __future__ import annotations
