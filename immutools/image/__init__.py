@@ -42,7 +42,7 @@ class OpenedImage:
     container: str  # "raw" | "qcow2" | "vmdk" | "vhd" | "vhdx"
     compression: str | None  # None | "gzip" | "bzip2" | "xz" | "zstd" | "lz4"
     file_size: int  # bytes of the input file on disk
-    decompressed_bytes: int  # 0 for uncompressed input
+    decompressed_bytes: int  # decompressed by this open: 0 for uncompressed input, a cache hit, random access
     warnings: list[str] = field(default_factory=list)
     # Logical sector size the container declares (VHDX may say 4096); None when it says nothing.
     sector_size: int | None = None

@@ -30,7 +30,7 @@ class CompressedAccess:
     source: ByteSource
     access: str  # "random" | "decompressed"
     cache: str  # "hit" | "stored" | "not-stored" | "off"
-    decompressed_bytes: int
+    decompressed_bytes: int  # decompressed by this open: 0 on a cache hit and for random access
     warnings: list[str] = field(default_factory=list)
 
 
@@ -127,7 +127,7 @@ def _through_cache(store: DecompressionCache, src: FileSource, codec: str, displ
         hit = store.lookup(key)
         if hit is not None:
             return CompressedAccess(DecompressedSource(hit.fd, hit.size, name, stats, None), "decompressed", "hit",
-                                    hit.size, [])
+                                    0, [])
     try:
         key = store.key_for(content_digest(src.fileno()), codec)
     except OSError as exc:
@@ -139,7 +139,7 @@ def _through_cache(store: DecompressionCache, src: FileSource, codec: str, displ
         raise _CacheUnusable(str(exc)) from None
     if not isinstance(began, PendingEntry):
         return CompressedAccess(DecompressedSource(began.fd, began.size, name, stats, None), "decompressed", "hit",
-                                began.size, [])
+                                0, [])
     pending = began
     try:
         size, warnings = decompress_into(
