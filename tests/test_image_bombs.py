@@ -211,3 +211,11 @@ def test_declared_size_agrees_with_the_tools(kind, tmp_path):
         head = f.read(MiB)
     size, what = declared_size(head)
     assert size == expected, (kind, size, expected, what)
+
+
+def test_protective_mbr_saying_2tib_does_not_widen_the_gpt_bound(tmp_path):
+    disk = _gpt_disk(tmp_path, 64 * MiB)
+    head = bytearray(disk.read_bytes()[:MiB])
+    assert head[446 + 4] == 0xEE
+    head[446 + 12 : 446 + 16] = b"\xff\xff\xff\xff"  # what some tools write for any disk size
+    assert declared_size(bytes(head)) == (64 * MiB, "its GPT (backup header at LBA 131071)")

@@ -118,7 +118,8 @@ def declared_size(head: bytes) -> tuple[int, str] | None:
             entry = head[446 + 16 * i : 462 + 16 * i]
             status, ptype = entry[0], entry[4]
             start, count = struct.unpack_from("<II", entry, 8)
-            if status in (0, 0x80) and ptype and start and count:
+            # A GPT's protective entry (0xEE) may say 0xFFFFFFFF sectors whatever the disk: the GPT decides.
+            if status in (0, 0x80) and ptype and start and count and not (ptype == 0xEE and found):
                 ends.append((start + count) * 512)
         if ends:
             found.append((max(ends), "its MBR partition table"))
@@ -150,7 +151,7 @@ def declared_size(head: bytes) -> tuple[int, str] | None:
     found = [f for f in found if f[0] > 0]
     if not found:
         return None
-    return max(found, key=lambda f: f[0])  # on a tie the first (a GPT before its protective MBR)
+    return max(found, key=lambda f: f[0])  # on a tie the first found
 
 
 class ExpansionGuard:
