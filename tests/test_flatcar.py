@@ -95,7 +95,8 @@ def test_kernel_command_line(scanned):
     ("flatcar-stable-4593-amd64-updated", "qcow2", "qcow2", None),       # flatcar_production_qemu_uefi_image.img
 ])
 def test_shipped_forms_report_the_same(name, form, container, compression):
-    """The shipped forms (.bin.bz2, qcow2 -c compat=0.10; flatcar.md §1.5) give the raw image's report."""
+    """The shipped forms (.bin.bz2, qcow2 -c compat=0.10; flatcar/scripts
+    build_library/vm_image_util.sh) give the raw image's report."""
     raw = scan(str(build_replica(name)), progress=False)
     shipped_path = build_replica(name, form)
     before = sha256_file(shipped_path)

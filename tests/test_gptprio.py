@@ -1,5 +1,6 @@
 """A/B attribute bits and GRUB's gptprio.next rule on images whose bits were set by `cgpt`, the
-ChromeOS tool Flatcar's build and update scripts use (flatcar.md §1.6, §4.3)."""
+ChromeOS tool Flatcar's build and update scripts use (flatcar/scripts build_library/disk_util,
+flatcar/update_engine flatcar-postinst)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from immutools.volumes.gptprio import gptprio_next
 pytestmark = pytest.mark.skipif(shutil.which("cgpt") is None, reason="cgpt (Debian package cgpt) not installed")
 
 KERNEL = "fe3a2a5d-4f32-41a7-b725-accc3285a309"   # ChromeOS kernel: the type `cgpt prioritize` ranks
-USR = "5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6"      # Flatcar USR (flatcar.md §1.2)
+USR = "5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6"      # Flatcar USR (flatcar/seismograph cgpt_common.c)
 
 
 @pytest.fixture

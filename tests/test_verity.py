@@ -253,7 +253,7 @@ def test_wrong_root_hash_and_unknown_root():
 
 
 def test_bottlerocket_dm_mod_create_table():
-    """The table Bottlerocket's grub.cfg passes (bottlerocket.md §4.4), for a real image."""
+    """The table Bottlerocket's grub.cfg passes (bottlerocket-os/twoliter rpm2img), for a real image."""
     fx, case = case_fixture("separate-sb")
     data_path, hash_path = _paths(fx, case)
     sb = params_for(fx, case)
@@ -297,7 +297,8 @@ def test_bad_tables(bad, match):
 
 
 def test_flatcar_layout_from_fact_sheet():
-    """flatcar.md §2.2: 260094 data blocks, superblock at 1065345024, 2049 tree blocks, ends at 1 GiB."""
+    """flatcar/scripts build_library/disk_util Verity: 260094 data blocks, superblock at 1065345024,
+    2049 tree blocks, ends at 1 GiB."""
     params = VerityParams(version=1, algorithm="sha256", data_block_size=4096, hash_block_size=4096,
                           data_blocks=260094, hash_offset=1065345024, superblock=True)
     layout = tree_layout(params)

@@ -41,8 +41,8 @@ FLATCAR_USR = "5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6"
 USR_A_GUID = "7130C94A-213A-4E5A-8E26-6CCE9662F132"
 USR_B_GUID = "E03DD35C-7C2D-4A47-B3FE-27F15780A57C"
 
-# Flatcar-shaped (flatcar.md §1.2): numbers 1-4, 6, 7, 9 with gaps, fixed disk GUID and USR GUIDs,
-# the USR-A gptprio bits, plus bits chosen to exercise every decoded field.
+# Flatcar-shaped (flatcar/scripts build_library/disk_layout.json): numbers 1-4, 6, 7, 9 with gaps,
+# fixed disk GUID and USR GUIDs, the USR-A gptprio bits, plus bits chosen to exercise every decoded field.
 FLATCAR_PARTS = [
     {"number": 1, "start": 2048, "size": 8192, "type": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
      "label": "EFI-SYSTEM", "attrs": 1 << 2},
@@ -69,7 +69,7 @@ BR_EFI_BACKUP = "b39ce39c-0a00-b4ab-2d11-f18f8237a21c"
 
 
 def _bottlerocket_parts() -> list[dict]:
-    # bottlerocket.md §2.2 order and §2.6 attributes (BOOT-A gptprio, PRIVATE bit 57), DATA unnamed.
+    # twoliter rpm2img order and attributes (BOOT-A gptprio; PRIVATE bit 57, core-kit signpost), DATA unnamed.
     layout = [("ef02", "BIOS-BOOT", 0), ("ef00", "EFI-SYSTEM", 0), (BR_BOOT, "BOTTLEROCKET-BOOT-A", 0x0101000000000000),
               (BR_ROOT, "BOTTLEROCKET-ROOT-A", 0), (BR_HASH, "BOTTLEROCKET-HASH-A", 0),
               (BR_RESERVED, "BOTTLEROCKET-RESERVED-A", 0), (BR_EFI_BACKUP, "EFI-BACKUP", 0),
@@ -85,7 +85,7 @@ def _bottlerocket_parts() -> list[dict]:
     return parts
 
 
-# DPS usr-only A/B (ostree-and-others.md §0, §2): arm64 types, verity + signature, read-only flag.
+# DPS usr-only A/B (DPS; systemd/particleos mkosi.repart): arm64 types, verity + signature, read-only flag.
 DPS_PARTS = [
     {"number": 1, "start": 2048, "size": 4096, "type": "ef00", "label": "ESP"},
     {"number": 2, "start": 6144, "size": 2048, "type": "c23ce4ff-44bd-4b00-b2d4-b41b3419e02a",
@@ -629,7 +629,8 @@ def test_mbr_without_protective_entry_over_gpt(flatcar_img, tmp_path):
 
 
 def test_flatcar_style_hybrid_mbr(flatcar_img, tmp_path):
-    """flatcar.md §1.1: entry 1 bootable 0x0C over the ESP, entry 2 0xEE from LBA 1 to the ESP."""
+    """cgpt UpdatePMBR (flatcar/seismograph src/cgpt/cgpt_common.c): entry 1 bootable 0x0C over the
+    ESP, entry 2 0xEE from LBA 1 to the ESP."""
     img = _copy(flatcar_img, tmp_path / "fc-hybrid.img")
     esp = FLATCAR_PARTS[0]
     entries = (struct.pack("<B3xB3xII", 0x80, 0x0C, esp["start"], esp["size"])

@@ -1,12 +1,12 @@
 """A read-only union of filesystems, the way overlayfs combines several ``lowerdir`` layers.
 
 Talos boots with extensions by mounting every extension squashfs and the rootfs squashfs as the
-lower layers of one read-only overlay (talos.md §2.6 step 2); an offline view of that root needs
-the same union. Rules (Documentation/filesystems/overlayfs.rst, lower layers only): the first
-layer holding a name decides what it is; a directory is merged with same-named directories of the
-layers below until a layer holds a non-directory there (it hides the rest); whiteouts and opaque
-markers are honoured (a 0/0 character device hides the name, ``trusted.overlay.opaque=y`` stops
-the merge) although squashfs layers built for Talos carry none.
+lower layers of one read-only overlay (siderolabs/talos internal/app/init/main.go); an offline
+view of that root needs the same union. Rules (Documentation/filesystems/overlayfs.rst, lower
+layers only): the first layer holding a name decides what it is; a directory is merged with
+same-named directories of the layers below until a layer holds a non-directory there (it hides the
+rest); whiteouts and opaque markers are honoured (a 0/0 character device hides the name,
+``trusted.overlay.opaque=y`` stops the merge) although squashfs layers built for Talos carry none.
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ from immutools.image.source import ByteSource
 EXT_COMPAT_HAS_JOURNAL = 0x0004
 EXT_INCOMPAT_64BIT = 0x0080
 # Flatcar/CoreOS "read-only" hack: the top byte of s_feature_ro_compat is set to 0xFF on the ext2
-# /usr image so any kernel refuses to mount it read-write (flatcar.md §1.7, disk_util Tune).
+# /usr image so any kernel refuses to mount it read-write (flatcar/scripts
+# build_library/disk_util Tune, the ext2 era before 3794).
 EXT_RO_COMPAT_FLATCAR_RO = 0xFF000000
 
-TALOS_META_MAGIC1 = 0x5A4B3C2D   # talos.md §4.5, internal/pkg/meta/internal/adv/talos/talos.go
+TALOS_META_MAGIC1 = 0x5A4B3C2D   # siderolabs/talos v1.12.0 internal/pkg/meta/internal/adv/talos/talos.go
 TALOS_META_MAGIC2 = 0xA5B4C3D2
 TALOS_ADV_BLOCK = 256 * 1024
 SYSLINUX_ADV_MAGIC1 = 0x5A2D2FA5

@@ -1,7 +1,7 @@
 """Talos Linux META partition: the key/value store ("ADV") Talos keeps in a 1 MiB raw partition.
 
 Our own decoder: the format is Talos's own and no library reads it outside the Talos Go tree.
-Layout (talos.md §4.5; talos@v1.12.0:internal/pkg/meta/internal/adv/talos/talos.go,
+Layout (siderolabs/talos@v1.12.0 internal/pkg/meta/internal/adv/talos/talos.go,
 …/adv/syslinux/syslinux.go; reading order in internal/pkg/meta/meta.go):
 
 * **Talos ADV**: a 256 KiB block written twice back to back at offset 0. Big-endian:

@@ -4,10 +4,11 @@ Our own reader because no library parses it (the kernel's lib/bootconfig.c and t
 C; Debian does not package the tool). Format, from the kernel's
 Documentation/admin-guide/bootconfig.rst and include/linux/bootconfig.h:
 
-* appended to an initrd (Bottlerocket passes a file holding only the config as its "initrd",
-  bottlerocket.md §4.4): ``[text][NUL padding][le32 size][le32 checksum]["#BOOTCONFIG\\n"]``; ``size``
-  counts text plus padding, ``checksum`` is the byte sum of that area; the kernel also accepts the
-  magic up to 3 bytes before the end (GRUB may align the initrd to 4 bytes); at most 32767 bytes;
+* appended to an initrd (Bottlerocket passes a file holding only the config as its "initrd" in
+  the grub.cfg bottlerocket-os/twoliter's rpm2img writes):
+  ``[text][NUL padding][le32 size][le32 checksum]["#BOOTCONFIG\\n"]``; ``size`` counts text plus
+  padding, ``checksum`` is the byte sum of that area; the kernel also accepts the magic up to 3 bytes
+  before the end (GRUB may align the initrd to 4 bytes); at most 32767 bytes;
 * text: ``key.word = value`` or ``key { word = value }``; ``#`` comments; statements end at a
   newline, ``;`` or ``}``; a value is a comma-separated list of words or quoted strings; ``+=`` appends,
   ``:=`` overrides; a key alone (``key`` or ``key {}``) has no value;

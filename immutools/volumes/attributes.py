@@ -2,16 +2,20 @@
 
 Our own code: no library decodes the type-specific bits (48-63) the image-based OSes use.
 
-Bit meanings (sources in the reference sheets):
-  0 required, 1 no_block_io, 2 legacy_bios_bootable     UEFI spec §5.3.3 (flatcar.md §1.6)
-  48-51 priority, 52-55 tries, 56 successful            ChromeOS cgptlib, used by Flatcar
-                                                         (flatcar.md §1.6), Bottlerocket
-                                                         (bottlerocket.md §2.6) and COS
-                                                         (ostree-and-others.md §1, §5)
+Bit meanings (upstream sources; docs/sources.md lists the commits read):
+  0 required, 1 no_block_io, 2 legacy_bios_bootable     UEFI spec §5.3.3; Flatcar's cgpt -B1
+                                                         (flatcar/scripts build_library/disk_util)
+  48-51 priority, 52-55 tries, 56 successful            ChromeOS cgptlib (coreboot/vboot and
+                                                         flatcar/seismograph src/firmware/lib/
+                                                         cgptlib/include/cgptlib_internal.h), used
+                                                         by Flatcar, Bottlerocket (twoliter
+                                                         rpm2img, core-kit grub gptprio patch) and
+                                                         COS (cos-customizer disk_layout.go)
   57 bottlerocket_booted                                 Bottlerocket PRIVATE "boot has ever
-                                                         succeeded" (bottlerocket.md §2.6)
-  59 grow_fs, 60 read_only, 63 no_auto                   Discoverable Partitions Specification
-                                                         (ostree-and-others.md §1)
+                                                         succeeded" (bottlerocket-core-kit
+                                                         sources/updater/signpost)
+  59 grow_fs, 60 read_only, 63 no_auto                   Discoverable Partitions Specification,
+                                                         "Partition Attribute Flags"
 
 Bits 48-63 are type-specific, so the A/B fields are always decoded but ``ab_semantics`` says
 whether the partition type (``ab: true`` in data/partition_types.yaml) gives them that meaning.

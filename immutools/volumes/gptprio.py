@@ -1,8 +1,9 @@
 """Which A/B slot boots next, decided exactly as GRUB's ``gptprio.next`` decides it.
 
 Our own code: the rule lives in a GRUB patch carried by Flatcar and Bottlerocket
-(Flatcar: coreos-overlay ``sys-boot/grub`` ``grub-2.12-add-gpt-partition-scheme.patch``;
-flatcar.md §2.4 and §1.6), not in any library. The loop walks the partition entries in table
+(Flatcar: flatcar/scripts coreos-overlay ``coreos/user-patches/sys-boot/grub/``
+``grub-2.12-add-gpt-partition-scheme.patch``; Bottlerocket: bottlerocket-core-kit ``packages/grub``
+``0009``/``0041`` gptprio patches), not in any library. The loop walks the partition entries in table
 order and keeps a candidate only when
 
     (tries > 0 or successful) and priority > priority of the current best (starting from 0)
