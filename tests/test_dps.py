@@ -15,6 +15,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -165,3 +168,185 @@ def test_systemd_dissect_agrees(dps):
     assert f"PARTUUID={rows[picked['home']]['uuid']}" == mounts["/home"]["source"]
     assert theirs["osRelease"] and "IMAGE_ID=ParticleOS" in theirs["osRelease"]
     assert report["os"]["image_version"] in " ".join(theirs["osRelease"])
+
+
+# ------------------------------------------------------------------------------------------------
+# systemd's rules on small mkosi-style images (sgdisk): verity paired by root-hash UUIDs only, and
+# where systemd-gpt-auto-generator (252) puts the ESP. The same two rules are pinned on the real
+# mkosi-layout Debian image in tests/test_real_systems.py.
+# ------------------------------------------------------------------------------------------------
+from realsys.layouts import make_uki, vfat_image, veritysetup_format  # noqa: E402
+
+from builders import cached, sgdisk_layout, write_at  # noqa: E402
+
+EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+GPT_ROOT_X86_64 = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+GPT_ROOT_X86_64_VERITY = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+KVER = "6.1.0-test-amd64"
+SMALL_RECIPE = 2
+MiB = 1 << 20
+
+
+def _small_tree(root: Path, *, efi: bool, boot_files: bool) -> Path:
+    (root / "usr/lib/modules" / KVER / "kernel").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n')
+    (root / "etc").mkdir()
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    for name in ("a.ko", "b.ko"):
+        (root / "usr/lib/modules" / KVER / "kernel" / name).write_bytes(b"\x7fELF module")
+    (root / "boot").mkdir()
+    if efi:
+        (root / "efi").mkdir()
+    if boot_files:
+        (root / "boot" / f"config-{KVER}").write_text("CONFIG_MODULES=y\nCONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\n")
+        (root / "boot" / f"vmlinuz-{KVER}").write_bytes(b"MZ not really a kernel")
+    return root
+
+
+def small_mkosi_image(*, efi: bool = True, boot_files: bool = True, xbootldr: bool = False, verity: bool = True,
+                      pair_uuids: bool = True) -> Path:
+    """ESP (FAT16, systemd-boot stub UKI with ``roothash=``), root squashfs and root-verity, laid
+    out the way mkosi 14 does (same label on root and verity, attribute 60, no signature
+    partition, UUIDs = the root hash's halves; ``pair_uuids=False`` breaks that), with sgdisk."""
+    recipe = {"v": SMALL_RECIPE, "efi": efi, "boot": boot_files, "xbootldr": xbootldr, "verity": verity, "pair": pair_uuids}
+
+    def build(out: Path) -> None:
+        import shutil
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix="small-mkosi-"))
+        try:
+            tree = _small_tree(work / "tree", efi=efi, boot_files=boot_files)
+            root = work / "root.squashfs"
+            run(["mksquashfs", tree, root, "-noappend", "-quiet", "-all-root"])
+            parts = [{"number": 1, "start": 2048, "size": 32 * 2048, "type": "ef00", "label": "ESP System Partition",
+                      "guid": "8f1b9d6e-2f7a-4c3b-9a61-0c5d4e3f2a10"}]
+            start = 2048 + 32 * 2048
+            size = -(-root.stat().st_size // MiB) * 2048          # sgdisk aligns starts to 1 MiB
+            cmdline = "rhgb selinux=0 audit=0"
+            if verity:
+                hash_file = work / "root.verity"
+                root_hash = veritysetup_format(root, hash_file, salt="ab" * 32, verity_uuid="0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0")
+                cmdline += f" roothash={root_hash}"
+                data_uuid = str(uuid.UUID(root_hash[:32])) if pair_uuids else "11111111-2222-4333-8444-555555555555"
+                hash_uuid = str(uuid.UUID(root_hash[-32:])) if pair_uuids else "66666666-7777-4888-9999-aaaaaaaaaaaa"
+            else:
+                data_uuid = "11111111-2222-4333-8444-555555555555"
+            parts.append({"number": 2, "start": start, "size": size, "type": GPT_ROOT_X86_64, "label": "debian-mkosi_1",
+                          "guid": data_uuid, "attrs": 1 << 60})
+            start += size
+            if verity:
+                hsize = -(-hash_file.stat().st_size // MiB) * 2048
+                parts.append({"number": 3, "start": start, "size": hsize, "type": GPT_ROOT_X86_64_VERITY,
+                              "label": "debian-mkosi_1", "guid": hash_uuid, "attrs": 1 << 60})
+                start += hsize
+            if xbootldr:
+                parts.append({"number": 4, "start": start, "size": 16 * 2048, "type": "ea00", "label": "XBOOTLDR",
+                              "guid": "3c2b1a09-8f7e-4d6c-9b5a-493827161504"})
+                start += 16 * 2048
+            esp_dir = work / "esp"
+            (esp_dir / "EFI/Linux").mkdir(parents=True)
+            (esp_dir / "loader").mkdir()
+            (esp_dir / "loader/loader.conf").write_text("#timeout 3\n")
+            (work / "linux").write_bytes(b"MZ not really a kernel")
+            (work / "initrd").write_bytes(b"070701 not really an initrd")
+            make_uki(tree, esp_dir / "EFI/Linux/debian-mkosi_1.efi", cmdline, work, stub=EFI_STUB,
+                     linux=work / "linux", initrd=work / "initrd")
+            esp = vfat_image(esp_dir, work / "esp.img", 32 * MiB, serial="1A2B3C4D", label="EFI", fat_args=("-F", "16"))
+            sgdisk_layout(out, (start + 2048) * 512, parts, disk_guid="5d4c3b2a-1908-4f7e-8d6c-5b4a39281706")
+            write_at(out, 2048 * 512, esp)
+            write_at(out, parts[1]["start"] * 512, root)
+            if verity:
+                write_at(out, parts[2]["start"] * 512, hash_file)
+            if xbootldr:
+                xb = vfat_image(esp_dir / "EFI", work / "xbootldr.img", 16 * MiB, serial="5E6F7A8B", label="XBOOTLDR",
+                                fat_args=("-F", "12"))
+                write_at(out, parts[-1]["start"] * 512, xb)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    return cached("small-mkosi", recipe, build)
+
+
+def _needs_tools():
+    missing = [t for t in ("mksquashfs", "veritysetup", "sgdisk", "mkfs.fat", "mcopy", "objcopy") if not have(t)]
+    if missing or not EFI_STUB.exists():
+        pytest.skip(f"needs {', '.join(missing) or EFI_STUB}")
+
+
+def _esp_target(report):
+    esp = next(p for p in report["partitions"] if p["type_key"] == "esp")
+    return next((m["target"] for m in report["mounts"] if m["source"] == f"PARTUUID={esp['uuid']}"), None)
+
+
+def test_mkosi_verity_is_paired_by_root_hash_uuids():
+    """Root and verity carry the same label and there is no signature partition: the UKI's
+    roothash= pairs them by partition UUID (first/last 128 bits), as systemd does."""
+    _needs_tools()
+    path = small_mkosi_image()
+    report = scan(str(path), progress=False)
+    root_hash = report["distribution"]["kernel_cmdline"].split("roothash=")[1].split()[0]
+    assert report["integrity"]["verity"] and report["integrity"]["root_hash"] == root_hash
+    [target] = report["integrity"]["targets"]
+    assert (target["partition"], target["hash_partition"], target["root_hash"]) == (2, 3, root_hash)
+    root = next(m for m in report["mounts"] if m["target"] == "/")
+    assert root["integrity"] == "dm-verity" and root["access"] == "ro"
+    assert report["distribution"]["verity_pairing"] is True
+    result = verify_image(str(path), progress=False)
+    assert result["ok"] and result["status"] == "verified" and result["targets"][0]["computed_root"] == root_hash
+
+
+def test_unpaired_verity_is_nothing_to_verify(tmp_path):
+    """UUIDs that are not the root hash's halves pair nothing: verity is off, and ``verify`` says
+    there is nothing it can check (exit code 7), naming the orphaned hash partition."""
+    _needs_tools()
+    path = small_mkosi_image(pair_uuids=False)
+    report = scan(str(path), progress=False)
+    assert report["integrity"]["verity"] is False and report["integrity"]["targets"] == []
+    assert next(m for m in report["mounts"] if m["target"] == "/")["integrity"] == "none"
+    proc = subprocess.run([sys.executable, "-m", "immutools", "verify", str(path), "--format", "table"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7, proc
+    assert "nothing to verify" in proc.stdout and "partition 3" in proc.stdout
+    result = verify_image(str(path), progress=False)
+    assert result["status"] == "nothing-to-verify" and result["ok"] is False
+
+
+def test_no_verity_is_nothing_to_verify():
+    _needs_tools()
+    path = small_mkosi_image(verity=False)
+    proc = subprocess.run([sys.executable, "-m", "immutools", "verify", str(path), "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7
+    result = json.loads(proc.stdout)
+    assert result["status"] == "nothing-to-verify" and not result["ok"]
+    assert result["reason"] == "no dm-verity protected filesystem in the image"
+
+
+@pytest.mark.parametrize("efi,boot_files,xbootldr,esp_at,xbootldr_at,sig_enforced", [
+    (True, True, False, "/efi", None, False),      # /efi exists: the ESP goes there, /boot/config-* stays visible
+    (False, True, False, None, None, False),       # no /efi and /boot populated: nothing is mounted over it
+    (False, False, False, "/boot", None, None),    # no /efi, empty /boot: the ESP is /boot
+    (False, False, True, "/efi", "/boot", None),   # XBOOTLDR takes /boot, the ESP goes to /efi
+])
+def test_esp_mount_point_follows_gpt_auto_generator(efi, boot_files, xbootldr, esp_at, xbootldr_at, sig_enforced):
+    _needs_tools()
+    report = scan(str(small_mkosi_image(efi=efi, boot_files=boot_files, xbootldr=xbootldr)), progress=False)
+    assert _esp_target(report) == esp_at
+    assert report["distribution"]["esp_mountpoint"] == esp_at
+    if xbootldr:
+        xb = next(p for p in report["partitions"] if p["type_key"] == "xbootldr")
+        assert next((m["target"] for m in report["mounts"] if m["source"] == f"PARTUUID={xb['uuid']}"), None) == xbootldr_at
+    assert report["surface"]["kernel_modules"]["signature_enforced"] is sig_enforced
+
+
+@pytest.mark.skipif(not have("systemd-id128"), reason="needs systemd-id128")
+def test_var_partition_uuid_agrees_with_systemd_id128():
+    """The /var partition binding: our HMAC against ``systemd-id128 --app-specific`` on this machine."""
+    from immutools.system.gpt_auto import GPT_VAR, var_partition_uuid
+
+    machine_id = Path("/etc/machine-id").read_text().strip() if Path("/etc/machine-id").exists() else ""
+    if len(machine_id) != 32:
+        pytest.skip("this machine has no machine ID")
+    theirs = run(["systemd-id128", "machine-id", f"--app-specific={GPT_VAR}", "--uuid"]).stdout.decode().strip()
+    assert var_partition_uuid(machine_id) == theirs
