@@ -11,11 +11,12 @@ class Limits:
     # Largest virtual disk we will decompress into the sparse cache.
     max_decompressed_bytes: int = 256 * 1024**3
     # Decompression-bomb bounds (immutools/image/guard.py): a compressed stream whose first bytes
-    # are this many zeros has no disk structure; with no size declared in its first MiB, no zero
-    # run may be longer than max_zero_run; and no more concatenated members/streams/frames than this
-    # (pbzip2 writes one stream per 900 kB of input: ~300,000 for a 256 GiB disk).
+    # are this many zeros has no disk structure; with no size declared in its first MiB, a stream
+    # may not decompress to more than max_undeclared_bytes; and no more concatenated
+    # members/streams/frames than max_compressed_members (pbzip2 writes one stream per 900 kB of
+    # input: ~300,000 for a 256 GiB disk).
     max_leading_zeros: int = 64 * 1024**2
-    max_zero_run: int = 1024**3
+    max_undeclared_bytes: int = 1024**3
     max_compressed_members: int = 4_000_000
     # Largest block a random-access index may declare (xz block, zstd frame), decoded in memory;
     # files with larger blocks are decompressed whole instead.

@@ -219,3 +219,19 @@ def test_protective_mbr_saying_2tib_does_not_widen_the_gpt_bound(tmp_path):
     assert head[446 + 4] == 0xEE
     head[446 + 12 : 446 + 16] = b"\xff\xff\xff\xff"  # what some tools write for any disk size
     assert declared_size(bytes(head)) == (64 * MiB, "its GPT (backup header at LBA 131071)")
+
+
+def test_non_zero_fill_bomb_without_declared_size(tmp_path):
+    """A bomb of repeated 0xFF bytes has no zero runs and no disk structure: it is bounded by
+    max_undeclared_bytes (the test lowers it to keep the input small)."""
+    path = tmp_path / "ff.zst"
+    path.write_bytes(_compress(["zstd", "-c", "-q", "-1"], b"\xff" * (300 * MiB)))
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from immutools.limits import Limits; from immutools.image import open_image\n"
+         "from immutools.errors import LimitExceededError\n"
+         "try:\n open_image(sys.argv[1], cache=False, progress=False, limits=Limits(max_undeclared_bytes=256 << 20))\n"
+         "except LimitExceededError as e:\n print(e); sys.exit(5)\n", str(path)],
+        capture_output=True, text=True, timeout=BOMB_TIMEOUT)
+    assert proc.returncode == 5, proc.stderr
+    assert "declares no disk size" in proc.stdout and "max_undeclared_bytes" in proc.stdout

@@ -8,10 +8,12 @@ the disk lies beyond that size. So the guard watches the decompressed stream as 
 
 * once the first ``HEAD_WINDOW`` bytes are out, the largest size any structure in them declares
   (plus slack for alignment padding) becomes the bound: output past it is refused;
-* when nothing in the head declares a size, long all-zero runs are refused: a stream whose first
-  ``max_leading_zeros`` bytes are all zero has no disk structure at its start (every partition
-  table, container header and filesystem superblock we read lies in the first MiB), and an
-  unrecognised layout may not produce more than ``max_zero_run`` zeros in a row;
+* when nothing in the head declares a size: a stream whose first ``max_leading_zeros`` bytes are
+  all zero has no disk structure at its start (every partition table, container header and
+  filesystem superblock we read lies in the first MiB) and is refused there; any other stream
+  may produce at most ``max_undeclared_bytes`` (a bomb of repeated non-zero bytes is bounded too).
+  A VHDX head is exempt (its size lies in a metadata region, beyond this check): it gets only the
+  absolute bound;
 * the absolute ``max_decompressed_bytes`` and the count of concatenated members/streams/frames
   (``max_compressed_members``) bound everything else.
 
@@ -43,7 +45,6 @@ MIN_SLACK = 64 * 1024 * 1024
 SLACK_FRACTION = 8  # + 1/8 of the declared size
 
 _ZERO_PIECE = bytes(4 * 1024 * 1024)
-_TAIL_STEP = 64 * 1024
 
 
 def is_zero(buf) -> bool:
@@ -59,23 +60,6 @@ def is_zero(buf) -> bool:
                 return False
             pos += step
         return True
-    finally:
-        view.release()
-
-
-def trailing_zeros(buf) -> int:
-    """How many zero bytes end ``buf``."""
-    n = len(buf)
-    end = n
-    view = memoryview(buf)
-    try:
-        while end > 0:
-            start = max(0, end - _TAIL_STEP)
-            piece = view[start:end]
-            if not _ZERO_PIECE.startswith(piece):
-                return n - start - len(bytes(piece).rstrip(b"\0"))
-            end = start
-        return n
     finally:
         view.release()
 
@@ -168,7 +152,7 @@ class ExpansionGuard:
         self.declared: tuple[int, str] | None = None
         self.bound: int | None = None
         self._seen_nonzero = False
-        self._zero_run = 0
+        self._exempt = False
         self.last_was_zero = False  # whether the last chunk given to data() was all zeros
 
     # -- what the decoders call ---------------------------------------------------------------
@@ -190,10 +174,7 @@ class ExpansionGuard:
             if len(self._head) >= HEAD_WINDOW:
                 self._settle_head()
         self.last_was_zero = is_zero(chunk)
-        if self.last_was_zero:
-            self._advance(n, zeros=n, nonzero=False)
-        else:
-            self._advance(n, zeros=trailing_zeros(chunk), nonzero=True)
+        self._advance(n, nonzero=not self.last_was_zero)
 
     def zeros(self, n: int) -> None:
         """``n`` zero bytes of output that were never materialised (a repeated all-zero member)."""
@@ -204,7 +185,7 @@ class ExpansionGuard:
             self._head += bytes(take)
             if len(self._head) >= HEAD_WINDOW:
                 self._settle_head()
-        self._advance(n, zeros=n, nonzero=False)
+        self._advance(n, nonzero=False)
 
     def finish(self) -> None:
         """The stream ended (a small image never fills the head window)."""
@@ -229,21 +210,19 @@ class ExpansionGuard:
     # -- internals ------------------------------------------------------------------------------
     def _settle_head(self) -> None:
         self._head_done = True
+        self._exempt = bytes(self._head[:8]) == b"vhdxfile"
         self.declared = declared_size(bytes(self._head))
         if self.declared is not None:
             size = self.declared[0]
             self.bound = size + max(MIN_SLACK, size // SLACK_FRACTION)
         self._head = bytearray()
 
-    def _advance(self, n: int, zeros: int, nonzero: bool) -> None:
+    def _advance(self, n: int, nonzero: bool) -> None:
         self.produced += n
         if self.produced > self.limits.max_decompressed_bytes:
             self._refuse_absolute(self.produced)
         if nonzero:
             self._seen_nonzero = True
-            self._zero_run = zeros
-        else:
-            self._zero_run += zeros
         if self.bound is not None:
             if self.produced > self.bound:
                 self._refuse_past_bound(self.produced)
@@ -253,10 +232,10 @@ class ExpansionGuard:
                 f"its first {_fmt(self.produced)} of output are all zeros, with no disk structure "
                 f"(limit max_leading_zeros)"
             )
-        if self._head_done and self._zero_run > self.limits.max_zero_run:
+        if self._head_done and not self._exempt and self.produced > self.limits.max_undeclared_bytes:
             self._refuse(
-                f"it produced a run of over {_fmt(self.limits.max_zero_run)} of zeros and its first MiB "
-                f"declares no disk size (limit max_zero_run)"
+                f"it decompresses past {_fmt(self.limits.max_undeclared_bytes)} and its first MiB declares no "
+                f"disk size (no partition table, container header or filesystem superblock; limit max_undeclared_bytes)"
             )
 
     def _refuse_absolute(self, total: int) -> None:
