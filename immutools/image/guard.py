@@ -204,6 +204,11 @@ class ExpansionGuard:
                 f"its index declares {_fmt(total)} and the first {_fmt(len(self._head))} are all zeros, "
                 f"with no disk structure"
             )
+        if self.bound is None and not self._exempt and total > self.limits.max_undeclared_bytes:
+            self._refuse(
+                f"its index declares {_fmt(total)} and its first MiB declares no disk size "
+                f"(limit max_undeclared_bytes)"
+            )
         if total > self.limits.max_decompressed_bytes:
             self._refuse_absolute(total)
 
