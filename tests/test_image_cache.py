@@ -254,3 +254,24 @@ def test_random_access_keeps_decoded_blocks_for_the_next_scan(tmp_path):
     # Block entries are evicted like the others.
     assert DecompressionCache(str(tmp_path / "cache"), max_total=0).evict() != []
     assert list((tmp_path / "cache" / "v1").glob("*.d")) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_cache_filesystem_full_fails_cleanly(tmp_path):
+    from builders import run
+    from immutools.errors import ImageIOError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", small])
+    try:
+        with pytest.raises(ImageIOError) as err:
+            open_image(compressed_image("gzip"), cache=small, progress=False)
+        msg = str(err.value)
+        assert "\n" not in msg and str(small) in msg and "--cache-dir" in msg, msg
+        assert _entries(small) == []
+        assert [p for p in (small / "v1").iterdir() if ".tmp" in p.name] == []
+        used = os.statvfs(small).f_blocks - os.statvfs(small).f_bfree
+        assert used * os.statvfs(small).f_frsize < 256 * 1024  # the partial data was released
+    finally:
+        run(["umount", small])

@@ -144,7 +144,7 @@ def _through_cache(store: DecompressionCache, src: FileSource, codec: str, displ
     try:
         size, warnings = decompress_into(
             src, codec, pending.fd, display=display, directory=store.root, limits=limits, progress=progress,
-            stats=stats,
+            stats=stats, hint="use --cache-dir for a larger directory, or --no-cache",
         )
     except BaseException:
         os.close(pending.fd)

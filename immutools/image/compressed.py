@@ -197,7 +197,9 @@ def _member_decoder(codec: str, head: bytes):
 class _SparseWriter:
     """Appends decompressed bytes to ``fd``, seeking over all-zero 64 KiB blocks."""
 
-    def __init__(self, fd: int, limit: int, display: str, codec: str, tmp_dir: str):
+    def __init__(self, fd: int, limit: int, display: str, codec: str, tmp_dir: str,
+                 hint: str = "set TMPDIR to a larger directory"):
+        self.hint = hint
         self.fd = fd
         self.limit = limit
         self.display = display
@@ -229,7 +231,7 @@ class _SparseWriter:
         if free < self.reserve:
             raise ImageIOError(
                 f"{self.display}: only {_fmt_size(free)} free in {self.tmp_dir} after writing "
-                f"{_fmt_size(self.allocated)} of decompressed data; use --tmpdir or TMPDIR for a larger directory"
+                f"{_fmt_size(self.allocated)} of decompressed data; {self.hint}"
             )
         self._next_space_check = self.allocated + FREE_SPACE_CHECK_EVERY
 
@@ -299,7 +301,7 @@ class _SparseWriter:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ImageIOError(
                         f"{self.display}: no space left in {self.tmp_dir} after writing "
-                        f"{_fmt_size(self.allocated)} of decompressed data; use --tmpdir or TMPDIR for a larger directory"
+                        f"{_fmt_size(self.allocated)} of decompressed data; {self.hint}"
                     ) from None
                 raise ImageIOError(f"{self.display}: writing the decompressed copy in {self.tmp_dir} failed: {exc.strerror}") from None
             data = data[written:]
@@ -414,6 +416,7 @@ def decompress_into(
     limits: Limits = DEFAULT_LIMITS,
     progress: bool | None = None,
     stats: ReadStats | None = None,
+    hint: str = "set TMPDIR to a larger directory",
 ) -> tuple[int, list[str]]:
     """Decompress all of ``src`` into the empty file ``fd`` (sparse), guarded against bombs.
 
@@ -428,7 +431,7 @@ def decompress_into(
     writer = None
     try:
         if codec == "gzip" and getattr(src, "path", None):
-            writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
+            writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory, hint)
             guard = ExpansionGuard(display, codec, limits)
             if _decode_rapidgzip(src, writer, guard, bar):
                 guard.finish()
@@ -437,13 +440,13 @@ def decompress_into(
         if codec == "bzip2":
             from immutools.image.bzip2blocks import decode_blocks
 
-            writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
+            writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory, hint)
             guard = ExpansionGuard(display, codec, limits)
             if decode_blocks(src, writer, guard, bar):
                 guard.finish()
                 return writer.finish(), []
             _reset(fd)
-        writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory)
+        writer = _SparseWriter(fd, limits.max_decompressed_bytes, display, codec, directory, hint)
         guard = ExpansionGuard(display, codec, limits)
         warnings = _decode(src, codec, writer, guard, display, bar)
         guard.finish()
