@@ -27,12 +27,13 @@ import bisect
 import os
 import stat as stat_mod
 import struct
+from collections import namedtuple
 from functools import lru_cache
 from typing import Any, Iterator
 
-from immutools.errors import CorruptDataError, NotADirectoryError_, UnsupportedFeatureError
+from immutools.errors import CorruptDataError, LimitExceededError, NotADirectoryError_, UnsupportedFeatureError
 from immutools.fs.base import Stat
-from immutools.fs.dissect_common import DissectFileSystem, Ref
+from immutools.fs.dissect_common import DissectFileSystem, Ref, child_path
 from immutools.fs.probe import probe_ext
 from immutools.image.source import ByteSource
 from immutools.limits import DEFAULT_LIMITS, Limits
@@ -72,6 +73,7 @@ EXTENT_INIT_MAX = 32768          # EXT_INIT_MAX_LEN: longer means unwritten
 EXT4_INLINE_DATA_FL = 0x10000000
 
 ROOT_INO = 2
+_NAME_CACHE_DIRS = 256        # directories whose name -> inode maps are kept for lookups
 INLINE_IBLOCK = 60            # bytes of i_block
 XATTR_MAGIC = 0xEA020000
 # xattr name index -> prefix (fs/ext4/xattr.c ext4_xattr_handler_map).
@@ -90,6 +92,15 @@ DIRENT_TYPES = {
     1: stat_mod.S_IFREG, 2: stat_mod.S_IFDIR, 3: stat_mod.S_IFCHR, 4: stat_mod.S_IFBLK,
     5: stat_mod.S_IFIFO, 6: stat_mod.S_IFSOCK, 7: stat_mod.S_IFLNK,
 }
+
+
+# struct ext4_inode up to i_projid (linux fs/ext4/ext4.h), named as in dissect.extfs's c_ext.
+_INODE_STRUCT = struct.Struct("<HHIIIIIHHIII60sIIIIHHHHHHHHIIIIIII")
+_Inode = namedtuple("_Inode", (
+    "i_mode i_uid i_size_lo i_atime i_ctime i_mtime i_dtime i_gid i_links_count i_blocks_lo i_flags i_reserved_1 "
+    "i_block i_generation i_file_acl_lo i_size_high i_obso_faddr i_blocks_high i_file_acl_high i_uid_high i_gid_high "
+    "i_checksum_lo i_reserved i_extra_isize i_checksum_hi i_ctime_extra i_mtime_extra i_atime_extra i_crtime "
+    "i_crtime_extra i_version_hi i_projid i_extra"))
 
 
 def _decode_dev(i_block: bytes) -> int:
@@ -141,6 +152,7 @@ class ExtFileSystem(DissectFileSystem):
         self._extent_cache: dict[int, list] = {}
         self._pointer_cache: dict[int, tuple] = {}
         self._bulk = None
+        self._names: dict[int, dict[str, tuple[int, int]]] = {}
         return self._get(ROOT_INO)
 
     def _read_meta_bg_group_desc(self, group: int):
@@ -199,12 +211,11 @@ class ExtFileSystem(DissectFileSystem):
         extra_isize = struct.unpack_from("<H", raw, 128)[0] if len(raw) > 128 else 0
         if 128 + extra_isize > len(raw) or extra_isize % 4:
             raise CorruptDataError(f"inode {inum}: bad i_extra_isize {extra_isize}")
-        # dissect's struct ends in i_extra[128 - i_extra_isize] after 160 fixed bytes; we parse
-        # xattrs ourselves, so it gets the fixed fields (zero past a 128-byte inode) and an empty
-        # i_extra.
-        fixed = bytearray(raw[:160].ljust(160, b"\0"))
-        struct.pack_into("<H", fixed, 128, 128)
-        return self._c.ext4_inode(bytes(fixed)), raw, extra_isize
+        # The fixed fields (zero past a 128-byte inode), with the names of dissect's ext4_inode
+        # struct, which dissect's INode reads; one struct.unpack instead of a cstruct parse (the
+        # per-entry path parses thousands of inodes per scan). We parse xattrs ourselves, so
+        # i_extra stays empty.
+        return _Inode._make(_INODE_STRUCT.unpack(raw[:160].ljust(160, b"\0")) + (b"",)), raw, extra_isize
 
     def _get(self, inum: int, name: str | None = None, ftype: int | None = None):
         node = self._fs.get_inode(inum, name, ftype)
@@ -308,6 +319,11 @@ class ExtFileSystem(DissectFileSystem):
 
     # ---- directories -------------------------------------------------------------------------
     def _children(self, ref: Ref) -> Iterator[tuple[str, Any]]:
+        for name, inum, ftype in self._dirents(ref):
+            yield name, self._get(inum, name, DIRENT_TYPES.get(ftype))
+
+    def _dirents(self, ref: Ref) -> Iterator[tuple[str, int, int]]:
+        """(name, inode number, dirent file type) of a directory, without '.' and '..'."""
         node = ref.node
         if node.inode.i_flags & EXT4_INLINE_DATA_FL:
             # Inline directory: i_block = parent inode number + entries; more in system.data.
@@ -321,7 +337,7 @@ class ExtFileSystem(DissectFileSystem):
         for off in range(0, size, bs):
             yield from self._parse_dirents(self._read_mapped(node, off, min(bs, size - off)))
 
-    def _parse_dirents(self, block: bytes) -> Iterator[tuple[str, Any]]:
+    def _parse_dirents(self, block: bytes) -> Iterator[tuple[str, int, int]]:
         """Linear directory records (fs/ext4/ext4.h ext4_dir_entry_2); hash-tree index blocks
         look like one empty record, so a linear scan sees every name."""
         pos, end = 0, len(block)
@@ -339,8 +355,32 @@ class ExtFileSystem(DissectFileSystem):
                     raise CorruptDataError(f"directory entry points to inode {inum} beyond {max_inode}")
                 name = block[pos + 8 : pos + 8 + name_len].decode("utf-8", errors="surrogateescape")
                 if name not in (".", ".."):
-                    yield name, self._get(inum, name, DIRENT_TYPES.get(ftype))
+                    yield name, inum, ftype
             pos += rec_len
+
+    def _lookup_child(self, ref: Ref, name: str) -> Ref | None:
+        """One name in a directory: the directory's names are parsed once (name -> inode number,
+        kept for the last directories looked in) and only the found child's inode is read, where
+        a full listing would read every child's inode (a /usr/bin lookup: thousands)."""
+        key = ref.node.inum
+        names = self._names.get(key)
+        if names is None:
+            names = {}
+            with self.errors(ref.path, "list directory"):
+                for child, inum, ftype in self._dirents(ref):
+                    names[child] = (inum, ftype)
+                    if len(names) > self.limits.max_dir_entries:
+                        raise LimitExceededError(
+                            f"{self.fstype}: {ref.path}: more than {self.limits.max_dir_entries} directory entries")
+            self._names[key] = names
+            while len(self._names) > _NAME_CACHE_DIRS:
+                self._names.pop(next(iter(self._names)))
+        hit = names.get(name)
+        if hit is None:
+            return None
+        with self.errors(ref.path, "lookup"):
+            node = self._get(hit[0], name, DIRENT_TYPES.get(hit[1]))
+        return Ref(node, child_path(ref.path, name))
 
     # ---- file data ---------------------------------------------------------------------------
     def _inline_overflow(self, node) -> bytes:

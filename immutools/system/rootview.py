@@ -228,6 +228,21 @@ class OsTree(FileSystem):
         key = self._node_key(ref)
         return key if key is not None and key[1] is not None else ("path", ref.path)
 
+    def scandir_identities(self, path: str) -> list[tuple[str, Stat, Any]]:
+        """(name, lstat, ``node_identity`` of the entry itself) for each entry of directory
+        ``path``, sorted by name: one listing, no path lookup per entry."""
+        ref = self._resolve(path, True)
+        if not self._stat_node(ref).is_dir:
+            raise NotADirectoryError_(f"{path}: not a directory")
+        out = []
+        for name, child in self._list_node(ref):
+            key = self._node_key(child)
+            out.append((name, self._stat_node(child), key if key is not None and key[1] is not None else ("path", child.path)))
+            if len(out) > self.limits.max_dir_entries:
+                raise LimitExceededError(f"{path}: more than {self.limits.max_dir_entries} entries")
+        out.sort(key=lambda t: t[0])
+        return out
+
     def mount_of(self, path: str) -> Mount | None:
         """The visible mount covering composed ``path`` by longest prefix (no symlink resolution)."""
         path = normalize(path)

@@ -576,22 +576,24 @@ class _Inventory:
         dirs = self.path_dirs()
         for d in dirs:
             try:
-                entries = self.tree.scandir(d)
+                entries = self.tree.scandir_identities(d)
             except ImmutoolsError as exc:
                 self.warnings.append(f"{d}: unreadable: {exc}")
                 continue
-            for name, st in entries:
-                path = f"{d}/{name}"
+            for name, st, identity in entries:
                 if st.is_symlink:
+                    # Only links need resolving (anywhere in the tree); the others are known.
+                    path = f"{d}/{name}"
                     st = self.stat(path)
                     if st is None:
                         continue
+                    try:
+                        identity = self.tree.node_identity(path)
+                    except ImmutoolsError:
+                        continue
                 if not st.is_file or not st.perm & _X_BITS:
                     continue
-                try:
-                    seen.add(self.tree.node_identity(path))
-                except ImmutoolsError:
-                    continue
+                seen.add(identity)
         return {"count": len(seen), "dirs": dirs,
                 "evidence": [self.ev(d, "default PATH directory") for d in dirs]}
 
