@@ -224,9 +224,13 @@ class OsTree(FileSystem):
 
     def node_identity(self, path: str, follow: bool = True) -> Any:
         """A key equal for two paths naming the same file (same filesystem and inode)."""
+        return self.stat_identity(path, follow)[1]
+
+    def stat_identity(self, path: str, follow: bool = True) -> tuple[Stat, Any]:
+        """``stat`` and ``node_identity`` of ``path`` with one lookup."""
         ref = self._resolve(path, follow)
         key = self._node_key(ref)
-        return key if key is not None and key[1] is not None else ("path", ref.path)
+        return self._stat_node(ref), (key if key is not None and key[1] is not None else ("path", ref.path))
 
     def scandir_identities(self, path: str) -> list[tuple[str, Stat, Any]]:
         """(name, lstat, ``node_identity`` of the entry itself) for each entry of directory

@@ -583,12 +583,8 @@ class _Inventory:
             for name, st, identity in entries:
                 if st.is_symlink:
                     # Only links need resolving (anywhere in the tree); the others are known.
-                    path = f"{d}/{name}"
-                    st = self.stat(path)
-                    if st is None:
-                        continue
                     try:
-                        identity = self.tree.node_identity(path)
+                        st, identity = self.tree.stat_identity(f"{d}/{name}")
                     except ImmutoolsError:
                         continue
                 if not st.is_file or not st.perm & _X_BITS:
