@@ -92,6 +92,7 @@ class DebianCollector(Collector):
             "kernels": self._kernels(tree),
             "everything_persistent": all(p.state == "persistent" for p in findings.paths if p.path in persistent_paths),
             "skipped_mount_units": view.skipped_units,
+            "gpt_auto": view.gpt_auto_report(),
         }
 
     # ------------------------------------------------------------------------------- pieces

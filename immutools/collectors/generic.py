@@ -50,4 +50,5 @@ class GenericLinuxCollector(Collector):
             "root": {"partition": root.volume.number, "fstype": root.volume.fstype, "subdir": root.subdir},
             "fstab": view.fstab_where, "fstab_unresolved": view.unresolved,
             "skipped_mount_units": view.skipped_units,
+            "gpt_auto": view.gpt_auto_report(),
         }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import configparser
 import posixpath
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -32,6 +33,7 @@ from immutools.osrelease import OS_RELEASE_PATHS, parse_os_release
 from immutools.report.completeness import applicable_mount_defaults
 from immutools.report.model import Findings, Update, evidence
 from immutools.system.fstab import parse_fstab
+from immutools.system.gpt_auto import AutoMount, GptEntry, entries_of, gpt_auto_mounts, root_stays_read_only
 from immutools.system.mounts import MountEntry, MountTable, path_states, resolve_source_match
 from immutools.system.rootview import OsTree
 from immutools.system.surface import inventory
@@ -368,6 +370,44 @@ class SystemView:
     fstab_where: str | None = None
     skipped_units: list = field(default_factory=list)
     unresolved: list = field(default_factory=list)
+    gpt_auto: list[AutoMount] = field(default_factory=list)
+
+    def gpt_auto_report(self) -> list[dict]:
+        """The generator's decisions, for a report's ``distribution`` section."""
+        return [gpt_auto_row(d) for d in self.gpt_auto]
+
+
+def machine_id(tree) -> str | None:
+    """/etc/machine-id when it holds an ID (empty or ``uninitialized``: set at first boot, machine-id(5))."""
+    text = read_text(tree, "/etc/machine-id") or ""
+    return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
+
+
+def gpt_auto_decisions(image: DiskImage, tree, fstab_targets: set[str], fstab_has_swap: bool, cmdline=None) -> list[AutoMount]:
+    """What systemd-gpt-auto-generator does with this disk, seen from the root ``tree`` before any
+    other mount (``immutools.system.gpt_auto``)."""
+    return gpt_auto_mounts(entries_of(image), tree, fstab_targets=fstab_targets, fstab_has_swap=fstab_has_swap,
+                           machine_id=machine_id(tree), cmdline=cmdline, on_root_disk=True)
+
+
+def mount_gpt_auto(image: DiskImage, tree, decisions: list[AutoMount]) -> list[AutoMount]:
+    """Mount the generator's filesystems into ``tree``; returns the decisions that were placed."""
+    by_number = {v.number: v for v in image.volumes}
+    return [d for d in decisions
+            if d.target and d.target.startswith("/") and mount_fs(tree, d.target, image, by_number.get(d.entry.number))]
+
+
+def gpt_auto_entry(image: DiskImage, decision: AutoMount) -> MountEntry:
+    """The mount table row of one generator mount (``observed: false``: the generator decides at boot)."""
+    vol = image.volume(number=decision.entry.number)
+    options = list(decision.options) + (["x-systemd.automount"] if decision.automount else [])
+    return MountEntry(decision.target, f"PARTUUID={decision.entry.uuid}", decision.entry.fstype, options,
+                      observed=False, volume=vol, evidence=list(decision.evidence))
+
+
+def gpt_auto_row(d: AutoMount) -> dict:
+    return {"designator": d.designator, "partition": d.entry.number, "target": d.target, "options": d.options,
+            "automount": d.automount, "reason": d.reason, "evidence": d.evidence}
 
 
 def compose_system(image: DiskImage, root: RootCandidate, cmdline=None) -> SystemView:
@@ -388,6 +428,10 @@ def compose_system(image: DiskImage, root: RootCandidate, cmdline=None) -> Syste
     canonical = {id(r): (resolve_lenient(tree, r.target) if r.target.startswith("/") else r.target) for r in rows}
     rows = sorted(rows, key=lambda r: (canonical[id(r)].count("/"), canonical[id(r)]) if canonical[id(r)] != "/" else (-1, "/"))
     view = SystemView(root, tree, MountTable(), None, rows, where)
+    # The generator looks at the bare root before anything else is mounted.
+    if root.volume.partition is not None:
+        view.gpt_auto = gpt_auto_decisions(image, tree, {canonical[id(r)] for r in rows if r.fstype != "swap"},
+                                           any(r.fstype == "swap" for r in rows), cmdline)
     matches = {}
     for row in rows:
         if row.fstype == "swap" or not row.target.startswith("/"):
@@ -401,6 +445,7 @@ def compose_system(image: DiskImage, root: RootCandidate, cmdline=None) -> Syste
             continue
         subvol = row.option_value("subvol")
         mount_fs(tree, canonical[id(row)], image, match.volume, subdir="/" + subvol.strip("/") if subvol else "/")
+    placed = mount_gpt_auto(image, tree, view.gpt_auto)
     view.units = UnitSet(tree)
     table = view.table
     root_row = next((r for r in rows if canonical[id(r)] == "/"), None)
@@ -412,12 +457,13 @@ def compose_system(image: DiskImage, root: RootCandidate, cmdline=None) -> Syste
             entry.evidence.append(evidence(match.volume.describe(), match.how, match.observed))
         table.add(entry)
     else:
-        # No fstab line for /: the kernel command line (root=, rw/ro) decides; systemd remounts rw
-        # by default (systemd-remount-fs); the volume is the one holding the OS.
+        # No fstab line for /: ro/rw on the command line decide, else the partition's read-only
+        # attribute, else systemd-remount-fs remounts it read-write.
         vol = root.volume
-        table.add(MountEntry("/", vol.describe(), vol.fstype, ["rw"], observed=False, volume=vol,
-                             evidence=[evidence(vol.describe(), "filesystem holding os-release"),
-                                       evidence("kernel root= and systemd-remount-fs", "root mounted read-write (no fstab line)", False)]))
+        entry = GptEntry.from_partition(vol.partition, vol.fstype) if vol.partition is not None else None
+        stays_ro, access_ev = root_stays_read_only(entry, cmdline)
+        table.add(MountEntry("/", vol.describe(), vol.fstype, ["ro" if stays_ro else "rw"], observed=False, volume=vol,
+                             evidence=[evidence(vol.describe(), "filesystem holding os-release"), access_ev]))
     for row in rows:
         if row.fstype == "swap" or not row.target.startswith("/") or canonical[id(row)] == "/":
             continue
@@ -430,6 +476,9 @@ def compose_system(image: DiskImage, root: RootCandidate, cmdline=None) -> Syste
             entry.volume = match.volume
             entry.evidence.append(evidence(match.volume.describe(), match.how, match.observed))
         table.add(entry)
+    for decision in placed:
+        if table.get(decision.target) is None:
+            table.add(gpt_auto_entry(image, decision))
     view.skipped_units = add_enabled_mount_units(table, view.units, tree)
     return view
 
