@@ -263,7 +263,7 @@ def test_cache_filesystem_full_fails_cleanly(tmp_path):
 
     small = tmp_path / "small"
     small.mkdir()
-    run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", small])
+    run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", small])
     try:
         with pytest.raises(ImageIOError) as err:
             open_image(compressed_image("gzip"), cache=small, progress=False)
@@ -275,3 +275,17 @@ def test_cache_filesystem_full_fails_cleanly(tmp_path):
         assert used * os.statvfs(small).f_frsize < 256 * 1024  # the partial data was released
     finally:
         run(["umount", small])
+
+
+def test_cache_directory_others_can_write_is_not_used(tmp_path):
+    cache = tmp_path / "shared"
+    with open_image(compressed_image("zstd"), cache=cache, progress=False) as img:
+        assert img.cache == "stored"
+    os.chmod(cache, 0o777)
+    with open_image(compressed_image("zstd"), cache=cache, progress=False) as img:
+        assert img.cache == "off"
+        assert any("is not private" in w and "not used" in w for w in img.warnings), img.warnings
+        assert source_sha(img.source) == base_sha()
+    os.chmod(cache, 0o700)
+    with open_image(compressed_image("zstd"), cache=cache, progress=False) as img:
+        assert img.cache == "hit"

@@ -65,6 +65,10 @@ def open_compressed(
         def store_for(source):
             if store is None:
                 return None
+            try:
+                store.check_private()
+            except ImageIOError:
+                return None
             digest = _digest(store, src, codec, stats)
             return store.block_store(digest, codec, source.size) if digest else None
 
@@ -121,6 +125,10 @@ def _through_cache(store: DecompressionCache, src: FileSource, codec: str, displ
         st = os.fstat(src.fileno())
     except OSError as exc:
         raise ImageIOError(f"{display}: cannot stat: {exc.strerror}") from None
+    try:
+        store.check_private()
+    except ImageIOError as exc:
+        raise _CacheUnusable(str(exc)) from None
     prekey = store.prekey(st, codec)
     key = store.known_key(prekey)
     if key is not None:

@@ -21,6 +21,9 @@ changes the inode: either way the pre-key misses and the file is hashed again.
 Trust. An entry is used only when its metadata parses, its size is the recorded decompressed size
 and a digest of its first and last 64 KiB (where partition tables live) matches the recorded one;
 anything else — a truncated or overwritten entry, a half-written one — is discarded and rebuilt.
+A cache directory that another user owns or that group/others may write is not used at all
+(whoever writes an entry decides what a later scan reads): the image is decompressed into a
+temporary file instead, with a warning.
 
 Atomicity. One writer per key holds an exclusive ``flock`` on ``<key>.lock`` while it decompresses
 (a second process scanning the same image waits, then uses the finished entry); the data is written
@@ -220,6 +223,23 @@ class DecompressionCache:
                 os.makedirs(path, mode=0o700, exist_ok=True)  # each level: makedirs' mode is the leaf's
         except OSError as exc:
             raise ImageIOError(f"cache directory {self.root}: cannot create: {exc.strerror}") from None
+        self.check_private()
+
+    def check_private(self) -> None:
+        """Refuse a cache directory someone else could write: whoever can write an entry decides
+        what a later scan reads as the image (like ssh with ~/.ssh)."""
+        for path in (self.root, self.dir):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ImageIOError(f"cache directory {path}: {exc.strerror}") from None
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise ImageIOError(
+                    f"cache directory {path} is not private (owner uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}): "
+                    f"not used"
+                )
 
     # -- keys -------------------------------------------------------------------------------------
     @staticmethod
