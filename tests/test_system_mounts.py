@@ -1,5 +1,6 @@
-"""The mount-table rules on hand-built tables shaped like the reference sheets' runtime mount
-tables (Flatcar §3.2, Bottlerocket §5, Talos §3), plus the corner cases: prefix by components,
+"""The mount-table rules on hand-built tables shaped like the upstream runtime mount tables
+(flatcar/init units, bottlerocket-core-kit packages/release, siderolabs/talos
+internal/pkg/mount/v3/helpers.go), plus the corner cases: prefix by components,
 later-wins stacking, overlay upper on tmpfs / persistent / absent, binds resolved at mount time,
 a bind cycle. And source resolution against a real partitioned image."""
 

@@ -13,8 +13,8 @@ from builders import run
 from replicas import build_replica, replica_manifest
 
 SPEC = "flatcar-stable-4593-amd64-pristine"
-USR_A_START = 2105344 * 512          # flatcar.md §1.2
-HASH_OFFSET = 1065345024             # flatcar.md §2.2
+USR_A_START = 2105344 * 512          # flatcar/scripts build_library/disk_layout.json
+HASH_OFFSET = 1065345024             # flatcar/scripts build_library/disk_util Verity
 BLOCK = 4096
 
 
