@@ -137,7 +137,8 @@ def cmd_scan(args) -> int:
         sys.stderr.write(
             f"stats: wall {st['wall_s']:.3f}s cpu {st['cpu_s']:.3f}s; read {st['bytes_read']} bytes "
             f"({100.0 * st['bytes_read'] / size:.3f}% of {size}) in {st['read_calls']} calls; "
-            f"decompressed {st['bytes_decompressed']} bytes; peak RSS {st['peak_rss_bytes'] // (1024 * 1024)} MiB\n"
+            f"decompressed {st['bytes_decompressed']} bytes (access {st.get('access') or 'direct'}, cache {st.get('cache') or '-'}); "
+            f"peak RSS {st['peak_rss_bytes'] // (1024 * 1024)} MiB\n"
         )
         for name, ph in st["phases"].items():
             sys.stderr.write(f"stats:   {name:<24} wall {ph['wall_s']:.4f}s cpu {ph['cpu_s']:.4f}s\n")

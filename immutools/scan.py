@@ -28,6 +28,10 @@ def image_section(image: DiskImage) -> dict:
         "disk_guid": table.disk_guid,
         "table_details": table.details,
         "filesystem": None,
+        # how a compressed image was read: "random" (only the blocks a read touches are inflated) or
+        # "decompressed" (whole, once); and what the decompression cache did (immutools/image/cache.py)
+        "access": getattr(opened, "access", None),
+        "cache": getattr(opened, "cache", None),
     }
     whole = image.volume(number=0)
     if whole is not None:
@@ -195,6 +199,8 @@ def scan(path: str, limits: Limits = DEFAULT_LIMITS, progress: bool | None = Non
             "read_calls": stats.read_calls,
             "bytes_decompressed": decompressed or stats.bytes_decompressed,
             "image_size": report["image"]["size"],
+            "access": report["image"].get("access"),
+            "cache": report["image"].get("cache"),
             "peak_rss_bytes": peak_kib * 1024,
         }
     return report
