@@ -2,8 +2,10 @@
 
 A replica is built once per (spec content, builder source) and kept in the fixture cache
 (``tests/builders.cached``), so any test can scan e.g. ``flatcar-stable-4593-amd64-pristine``
-cheaply after the first run. ``name`` is a spec name from ``data/replica-specs`` or a path to a
-YAML spec. The manifest (``<image>.manifest.json``) carries the spec's ``expect:`` section with the
+cheaply after the first run. ``name`` is a spec name from ``data/replica-specs`` (the full-size
+variants in ``data/replica-specs/fullsize/`` included) or a path to a YAML spec. A spec that grafts
+full-size package trees is also keyed by their resolved package versions (``tests/fullsize.py``).
+The manifest (``<image>.manifest.json``) carries the spec's ``expect:`` section with the
 computed values (verity root hashes, salts) filled in: use it as the expected answer of a scan.
 """
 
@@ -15,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from builders import cached
+from fullsize import tree_provider, tree_recipes
 
 from immutools.replica import BUILDER_VERSION
 from immutools.replica import builder as replica_builder
@@ -26,15 +29,16 @@ _BUILDER_DIR = Path(replica_builder.__file__).resolve().parent
 def _sources_digest() -> str:
     """The builder's own code is part of the cache key, so a builder change rebuilds the replicas."""
     h = hashlib.sha256()
-    # every module of the package: content kinds live in modules the builder dispatches to
-    for name in sorted({"reproshim.c", *(p.name for p in _BUILDER_DIR.glob("*.py"))}):
+    # every module of the package (content kinds live in modules the builder dispatches to), except
+    # the package-tree source: what it makes is keyed by its own recipe (tree_recipes)
+    for name in sorted({"reproshim.c", *(p.name for p in _BUILDER_DIR.glob("*.py"))} - {"packages.py"}):
         h.update(name.encode() + b"\0" + (_BUILDER_DIR / name).read_bytes())
     return h.hexdigest()
 
 
 def replica_recipe(name: str | Path) -> dict:
     spec = load_spec(name)
-    return {
+    recipe = {
         "kind": "immutools-replica",
         "builder_version": BUILDER_VERSION,
         "builder_sources": _sources_digest(),
@@ -42,6 +46,9 @@ def replica_recipe(name: str | Path) -> dict:
         # The merged spec content (all extended files), not the paths: the same spec anywhere hits the cache.
         "spec_content": json.dumps(spec.data, sort_keys=True, default=str),
     }
+    if spec.data.get("grafts"):
+        recipe["package_trees"] = tree_recipes(spec)
+    return recipe
 
 
 def _cached_dir(name: str, recipe: dict, build) -> Path:
@@ -59,8 +66,9 @@ def _cached_dir(name: str, recipe: dict, build) -> Path:
 def replica_dir(name: str | Path) -> Path:
     """The cached build directory (raw image + manifest) of a spec."""
     spec = load_spec(name)
+    trees = tree_provider() if spec.data.get("grafts") else None
     return _cached_dir(f"replica-{spec.name}", replica_recipe(name),
-                       lambda tmp: replica_builder.build(spec, tmp, ["raw"]))
+                       lambda tmp: replica_builder.build(spec, tmp, ["raw"], trees=trees))
 
 
 def build_replica(name: str | Path, form: str = "raw") -> Path:

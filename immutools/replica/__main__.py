@@ -1,4 +1,4 @@
-"""Command line: ``python -m immutools.replica list`` and ``... build SPEC... --out DIR [--forms ...]``."""
+"""Command line: ``python -m immutools.replica list [--fullsize]`` and ``... build SPEC... --out DIR [--forms ...]``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="list the buildable specs")
     p_list.add_argument("--dir", type=Path, help="spec directory (default: the packaged data/replica-specs)")
     p_list.add_argument("--json", action="store_true")
+    p_list.add_argument("--fullsize", action="store_true", help="the full-size variants (data/replica-specs/fullsize)")
     p_build = sub.add_parser("build", help="build replicas")
     p_build.add_argument("specs", nargs="+", metavar="SPEC", help="spec name or path to a YAML file; 'all' for every spec")
     p_build.add_argument("--out", type=Path, required=True, help="output directory")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             from immutools.replica.builder import base_context
 
-            specs = list_specs(args.dir)
+            specs = list_specs(args.dir, fullsize=args.fullsize)
             if args.json:
                 print(json.dumps([{"name": s.name, "distribution": s.get("distribution"), "release": base_context(s)["release"],
                                    "size": s.size, "description": s.get("description")} for s in specs], indent=2))

@@ -341,8 +341,11 @@ def image_name(spec: Spec) -> str:
 
 
 def build(spec_ref: str | Path | Spec, out_dir: Path, forms: list[str] | None = None, *,
-          keep_raw: bool = True, compute_sha256: bool = True) -> dict:
-    """Build the replica; return its manifest (also written as ``<image>.manifest.json``)."""
+          keep_raw: bool = True, compute_sha256: bool = True, trees=None) -> dict:
+    """Build the replica; return its manifest (also written as ``<image>.manifest.json``).
+
+    ``trees``: where grafted full-size trees come from (``packages.DebianPackageTrees``; default:
+    one caching under the project cache)."""
     spec = spec_ref if isinstance(spec_ref, Spec) else load_spec(spec_ref)
     if spec.abstract:
         raise SpecError(f"{spec.where}: abstract spec (a base for others); build one that extends it")
@@ -359,8 +362,11 @@ def build(spec_ref: str | Path | Spec, out_dir: Path, forms: list[str] | None = 
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}.", dir=out_dir) as work_s:
         work = Path(work_s)
         runner = Runner(epoch=epoch, seed=spec.name, shim=shim, owners_file=work / "owners.txt")
-        b = Build(spec=spec, out_dir=out_dir, work=work, runner=runner, epoch=epoch, context=base_context(spec))
+        b = Build(spec=spec, out_dir=out_dir, work=work, runner=runner, epoch=epoch, context=base_context(spec),
+                  trees=trees)
         b.limitations.extend(render(spec.limitations, b.ctx(), f"{spec.where}: limitations"))
+        for text in graft_limitations(spec):
+            b.limit(text)
         if shim is None:
             b.limit("built without the reproducibility preload (no C compiler): filesystem UUIDs and times "
                     "other than those the spec fixes vary between builds")
@@ -501,6 +507,22 @@ def build(spec_ref: str | Path | Spec, out_dir: Path, forms: list[str] | None = 
     manifest["tool_log"] = runner.log
     (out_dir / (raw.name + ".manifest.json")).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def spec_grafts(spec: Spec) -> list[dict]:
+    """Every graft the spec declares (``grafts: {TREE: [...]}``), unrendered."""
+    return [g for glist in (spec.data.get("grafts") or {}).values() for g in glist]
+
+
+def graft_limitations(spec: Spec) -> list[str]:
+    """Known before any partition is built, so the provenance record (written early) says it."""
+    sets = sorted({str(g["set"]) for g in spec_grafts(spec)})
+    if not sets:
+        return []
+    return [f"full-size file tree grafted from Debian 12 package metadata (package set{'s' if len(sets) > 1 else ''} "
+            f"{', '.join(sets)}): real names, modes, owners and links of those packages, file contents emptied "
+            "(small configuration and unit files and ELF headers of executables kept); the packages stand in for "
+            "the distribution's own, the versions are in the manifest (computed.trees)"]
 
 
 def btrfs_property_limitations(spec: Spec) -> list[str]:

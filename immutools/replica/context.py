@@ -9,6 +9,7 @@ cycles.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -35,6 +36,13 @@ class BuildError(RuntimeError):
 
 def which(tool: str) -> str | None:
     return shutil.which(tool, path=TOOL_PATH + ":" + os.environ.get("PATH", ""))
+
+
+def path_match(rel: str, pattern: str) -> bool:
+    """Whether relative path ``rel`` matches ``pattern`` component by component (``*`` does not
+    cross ``/``, unlike ``fnmatch``): ``usr/lib/modules/*`` matches the version directories only."""
+    parts, pats = rel.split("/"), pattern.split("/")
+    return len(parts) == len(pats) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pats))
 
 
 def truncate(path: Path, size: int) -> None:

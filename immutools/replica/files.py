@@ -84,7 +84,10 @@ def tar_entry(build, value, entry, ctx, where) -> bytes:
 def copy_entry(build, value, entry, ctx, where) -> bytes:
     src = Path(str(value))
     if not src.is_absolute():
-        src = build.spec.path.parent / src
+        # relative to the spec file, or to a file it extends (a full-size variant in fullsize/
+        # inherits its thin replica's copies)
+        bases = [build.spec.path.parent, *(f.parent for f in reversed(build.spec.files))]
+        src = next((b / src for b in bases if (b / src).exists()), bases[0] / src)
     try:
         return src.read_bytes()
     except OSError as exc:

@@ -34,6 +34,8 @@ from immutools.replica.context import SpecError
 FS_TYPES = ("vfat", "ext2", "ext3", "ext4", "btrfs", "xfs", "squashfs", "erofs")
 CONTENT_TYPES = FS_TYPES + ("raw", "zero")
 FORMS = ("raw", "bz2", "xz", "zst", "lz4", "gz", "qcow2")
+GRAFT_SOURCES = ("debian-packages",)          # immutools.replica.packages
+GRAFT_KEYS = {"source", "set", "name", "from", "into", "mountpoint", "exclude", "relocate"}
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 MAX_EXTENDS_DEPTH = 16
 MAX_TEMPLATE_DEPTH = 16
@@ -44,21 +46,25 @@ __all__ = ["SpecError", "Spec", "Partition", "load_spec", "list_specs", "render"
            "parse_size", "parse_int", "parse_mode", "parse_guid", "validate_content"]
 
 
+FULLSIZE = "fullsize"     # full-size variants: not built by default (``list_specs(fullsize=True)``)
+
+
 def specs_dir() -> Path:
     return data_dir() / "replica-specs"
 
 
 def spec_path(name_or_path: str | Path) -> Path:
-    """A spec name (``flatcar-stable-amd64``) or a path to a YAML file."""
+    """A spec name (``flatcar-stable-amd64``, also one of the full-size variants) or a path to a YAML file."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise SpecError(f"{p}: no such spec file")
         return p
-    candidate = specs_dir() / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        raise SpecError(f"{name_or_path}: no spec of that name in {specs_dir()} (try `python -m immutools.replica list`)")
-    return candidate
+    for directory in (specs_dir(), specs_dir() / FULLSIZE):
+        candidate = directory / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    raise SpecError(f"{name_or_path}: no spec of that name in {specs_dir()} (try `python -m immutools.replica list`)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,7 +122,10 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, list[Path
     merged: dict = {}
     files: list[Path] = []
     for parent in parents:
-        parent_path = path.parent / (parent if parent.endswith((".yaml", ".yml")) else f"{parent}.yaml")
+        parent_file = parent if parent.endswith((".yaml", ".yml")) else f"{parent}.yaml"
+        parent_path = path.parent / parent_file
+        if not parent_path.exists() and path.parent.name == FULLSIZE:
+            parent_path = path.parent.parent / parent_file     # a full-size variant extends its thin replica
         if not parent_path.exists():
             raise SpecError(f"{path}: extends: {parent!r}: no file {parent_path}")
         parent_data, parent_files = load_raw(parent_path, _chain + (path,))
@@ -144,8 +153,19 @@ def lookup(context: dict, dotted: str) -> Any:
 
 
 def render(value: Any, context: dict, where: str) -> Any:
-    """Substitute ``{{name}}`` in every string inside ``value`` (recursively through lists/dicts)."""
+    """Substitute ``{{name}}`` in every string inside ``value`` (recursively through lists/dicts).
+
+    A string that is exactly one template naming a list or a mapping takes that value itself
+    (``setuid: "{{computed.trees.usr.setuid}}"``); scalars are always substituted as text."""
     if isinstance(value, str):
+        whole = TEMPLATE.fullmatch(value.strip())
+        if whole:
+            try:
+                found = lookup(context, whole.group(1))
+            except KeyError:
+                found = None
+            if isinstance(found, (list, dict)):
+                return copy.deepcopy(found)
         return render_str(value, context, where)
     if isinstance(value, list):
         return [render(v, context, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -325,7 +345,7 @@ def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
 
 TOP_KEYS = {"name", "abstract", "description", "distribution", "release", "layout_source", "limitations",
             "source_date_epoch", "vars", "disk", "partitions", "trees", "provenance_partition", "forms",
-            "expect", "raw_suffix", "ostree"}
+            "expect", "raw_suffix", "ostree", "grafts"}
 DISK_KEYS = {"size", "sector_size", "table", "disk_guid", "mbr", "mbr_signature"}
 PART_KEYS = {"number", "label", "type", "guid", "start", "sectors", "size", "attrs", "mbr_type", "bootable",
              "content", "verity", "vars"}
@@ -374,6 +394,14 @@ def _validate(name: str, path: Path, files: list[Path], data: dict) -> Spec:
             raise SpecError(f"{where}: trees.{tname}: must be a mapping of path to entry")
         for fpath, entry in tree.items():
             _validate_entry(entry, f"{where}: trees.{tname}.{fpath!r}", trees)
+
+    grafts = data.get("grafts") or {}
+    if not isinstance(grafts, dict):
+        raise SpecError(f"{where}: grafts: a mapping of tree name to a list of grafts")
+    for tname, glist in grafts.items():
+        if tname not in trees:
+            raise SpecError(f"{where}: grafts.{tname}: no tree {tname!r} under trees:")
+        validate_grafts(glist, f"{where}: grafts.{tname}", str(tname))
 
     parts_raw = data.get("partitions") or {}
     if not isinstance(parts_raw, dict):
@@ -509,6 +537,30 @@ for _fs in ("ext2", "xfs", "btrfs"):
 FS_KEYS["ext2"].add("shrink")         # resize2fs -M after mkfs (Bottlerocket BOOT/ROOT), shared by ext3/ext4
 
 
+def validate_grafts(grafts: Any, where: str, tree_name: str) -> None:
+    """``grafts.<tree>`` is a list of {set, source, name, from, into, mountpoint, exclude: [...], relocate: {...}};
+    ``name`` (default: the tree's name) keys the facts under ``computed.trees``."""
+    if not isinstance(grafts, list) or not grafts:
+        raise SpecError(f"{where}: a list of {{set: NAME, from: /usr, into: /, ...}}")
+    names = set()
+    for i, g in enumerate(grafts):
+        gw = f"{where}[{i}]"
+        if not isinstance(g, dict) or "set" not in g:
+            raise SpecError(f"{gw}: needs set: NAME (a package set)")
+        _check_keys(g, GRAFT_KEYS, gw)
+        if g.get("source", "debian-packages") not in GRAFT_SOURCES:
+            raise SpecError(f"{gw}.source: {g['source']!r} (one of {', '.join(GRAFT_SOURCES)})")
+        for key in ("from", "into", "mountpoint"):
+            if key in g and (not isinstance(g[key], str) or not g[key].startswith("/") or ".." in g[key].split("/")):
+                raise SpecError(f"{gw}.{key}: an absolute path inside the tree")
+        if not isinstance(g.get("exclude", []), list) or not isinstance(g.get("relocate", {}), dict):
+            raise SpecError(f"{gw}: exclude is a list of patterns, relocate a mapping of pattern to path")
+        name = str(g.get("name") or tree_name)
+        if name in names:
+            raise SpecError(f"{gw}.name: {name!r} used twice (give each graft its own name)")
+        names.add(name)
+
+
 def validate_content(content: dict, where: str, trees: dict, part_bytes: int | None) -> None:
     ctype = content["type"]
     allowed = FS_KEYS[ctype] | (set(kinds.kind_names()) if ctype == "raw" else set())
@@ -547,9 +599,10 @@ def _validate_entry(entry: Any, where: str, trees: dict) -> None:
     kinds.validate_value(kind, entry, where, trees, _validate_entry)
 
 
-def list_specs(directory: Path | None = None) -> list[Spec]:
-    """Every buildable (non-abstract) spec in ``directory`` (default: the packaged specs)."""
-    directory = directory or specs_dir()
+def list_specs(directory: Path | None = None, *, fullsize: bool = False) -> list[Spec]:
+    """Every buildable (non-abstract) spec in ``directory`` (default: the packaged specs; with
+    ``fullsize``, the full-size variants in ``replica-specs/fullsize/``)."""
+    directory = directory or (specs_dir() / FULLSIZE if fullsize else specs_dir())
     out = []
     for path in sorted(directory.glob("*.yaml")):
         spec = load_spec(path)
