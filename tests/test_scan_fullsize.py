@@ -335,6 +335,40 @@ def measure(source: Path, runs: int, work: Path) -> str:
     return "\n".join(lines)
 
 
+def measure_images(images: list[Path], runs: int) -> str:
+    """Bare ext4/XFS images (e.g. the bench's ``walk.ext4``): walks vs ``e2fsck -fn`` / ``xfs_repair -n``."""
+    from immutools.fs.probe import identify
+    from immutools.image.source import FileSource
+
+    py = sys.executable
+    lines = ["| image | reference (wall / CPU) | walk_table whole process (wall / CPU) | ratio | find_special whole process | ratio | peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for img in images:
+        kind = identify(FileSource(img)).fstype
+        ref_cmd = ["xfs_repair", "-n", str(img)] if kind == "xfs" else ["e2fsck", "-fn", str(img)]
+        samples = {name: [_child(cmd) for _ in range(runs)] for name, cmd in (
+            ("ref", ref_cmd), ("table", [py, "-c", WALK_SNIPPET, str(img), "table", "0", "0"]),
+            ("special", [py, "-c", WALK_SNIPPET, str(img), "special", "0", "0"]))}
+        med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v), max(x[2] for x in v))
+               for k, v in samples.items()}
+        ref, table, special = med["ref"], med["table"], med["special"]
+        alone = {}
+        for what in ("table", "special"):
+            cpu = []
+            for _ in range(runs):
+                err = subprocess.run([py, "-c", WALK_SNIPPET, str(img), what, "0", "0"], capture_output=True, text=True,
+                                     cwd=REPO).stderr.split()
+                cpu.append(float(err[-1]))
+                alone[what + "_rows"] = int(err[-3])
+            alone[what] = statistics.median(cpu)
+        lines.append(f"| {img.name} ({kind}, {alone['table_rows']:,} entries) | `{' '.join(ref_cmd[:2])}` {ref[0]:.2f} s / "
+                     f"{ref[1]:.2f} s | {table[0]:.2f} s / {table[1]:.2f} s (walk alone {alone['table']:.2f} s CPU) | "
+                     f"{table[0] / ref[0]:.2f}x / {table[1] / ref[1]:.2f}x | {special[0]:.2f} s / {special[1]:.2f} s "
+                     f"(alone {alone['special']:.2f} s, {alone['special_rows']} hits) | {special[0] / ref[0]:.2f}x / "
+                     f"{special[1] / ref[1]:.2f}x | {max(table[2], special[2]) / 1024:.0f} MiB |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -342,5 +376,9 @@ if __name__ == "__main__":
     ap.add_argument("--source", type=Path, default=Path("/usr"), help="host tree to graft (default /usr)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=REPO / ".cache" / "fastwalk" / "fullsize")
+    ap.add_argument("--images", type=Path, nargs="*", help="instead: bare ext4/XFS images to walk")
     args = ap.parse_args()
-    print(measure(args.source.resolve(), args.runs, args.work))
+    if args.images:
+        print(measure_images(args.images, args.runs))
+    else:
+        print(measure(args.source.resolve(), args.runs, args.work))
