@@ -24,6 +24,10 @@ Damage is bounded and reported: a bad record length ends that block (the kernel'
 ``ext4_readdir`` skips to the next block the same way), out-of-range blocks and inodes are
 skipped, loops and depth are handled by ``tablewalk.walk_levels``. No maintained library decodes
 ext4 metadata in bulk, so this is our own code; dissect.extfs still opens the filesystem.
+
+Sources: torvalds/linux v6.6 fs/ext4/ext4.h (struct ext4_inode, ext4_group_desc,
+ext4_dir_entry_2, ext4_rec_len_from_disk), fs/ext4/ext4_extents.h, fs/ext4/dir.c (ext4_readdir,
+__ext4_check_dir_entry), fs/ext4/super.c (descriptor_loc); https://docs.kernel.org/filesystems/ext4/
 """
 
 from __future__ import annotations

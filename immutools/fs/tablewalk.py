@@ -9,7 +9,13 @@ not descended again, the depth and entry bounds of ``Limits`` hold, invalid name
 a warning.
 
 Going level by level (rather than depth first, entry by entry) is what lets a backend read the
-directory blocks of a whole level in one sorted pass and decode them with numpy.
+directory blocks of a whole level in one sorted pass and decode them with numpy. From a
+filesystem's root, and for ``find_special``, every directory is read in one pass instead
+(``BulkTables.all_entries``) and the levels are answered from that index; ``find_special`` keeps
+only the entries naming a directory or a hit, so only those names are ever decoded.
+
+``BulkTables`` (inode columns, bounded warnings, the two queries) and ``read_batches`` (sorted,
+merged, batched reads) are what a backend builds on; squashfs/EROFS/btrfs could use them too.
 """
 
 from __future__ import annotations

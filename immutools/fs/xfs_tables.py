@@ -20,6 +20,12 @@ xfs_da_format.h; the XFS Algorithms & Data Structures book) are read in bulk:
 Damage is bounded and reported (bad magic, records running past a block, inode numbers outside
 the filesystem); loops and depth are handled by ``tablewalk.walk_levels``. No maintained library
 decodes XFS metadata in bulk, so this is our own code; dissect.xfs still opens the filesystem.
+
+Sources: torvalds/linux v6.6 fs/xfs/libxfs/xfs_format.h (xfs_agi, xfs_inobt_rec with the sparse
+ir_holemask of 4 inodes per bit, xfs_dinode, xfs_bmbt_rec, xfs_bmdr_block, btree block headers),
+fs/xfs/libxfs/xfs_da_format.h (xfs_dir2_sf_hdr/entry, xfs_dir2_data_entry/unused, block tail,
+XFS_DIR2_LEAF_OFFSET); XFS Algorithms & Data Structures,
+https://mirrors.edge.kernel.org/pub/linux/utils/fs/xfs/docs/xfs_filesystem_structure.pdf
 """
 
 from __future__ import annotations
