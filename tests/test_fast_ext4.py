@@ -426,3 +426,67 @@ def test_random_damage_is_bounded(seed, tmp_path):
                 call()
             except ImmutoolsError:
                 pass
+
+
+# ---- hostile sizes and `immutools cat` ---------------------------------------------------------------
+def hostile_size_image() -> Path:
+    """A bare ext4 with /huge claiming 0x7FFFFFFFFFFFFFFF bytes, /sparse claiming 100 GiB (a size
+    the block map can hold: holes), /hole a real 1 MiB sparse file and /small with 6 bytes."""
+
+    def build(path: Path) -> None:
+        src = path.with_name(path.name + ".src")
+        src.mkdir()
+        for name in ("huge", "sparse", "small"):
+            (src / name).write_text("hello\n")
+        with open(src / "hole", "wb") as f:
+            f.truncate(1 << 20)
+        try:
+            run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", src, path, "8M"])
+        finally:
+            for p in src.iterdir():
+                p.unlink()
+            src.rmdir()
+        run(["debugfs", "-w", "-R", "sif /huge size 0x7FFFFFFFFFFFFFFF", path])
+        run(["debugfs", "-w", "-R", f"sif /sparse size {100 << 30}", path])
+
+    return cached("fastext-hostile-size", {"v": 1}, build)
+
+
+def immutools_cat(*args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    from tests.builders import REPO
+
+    return subprocess.run([sys.executable, "-m", "immutools", "cat", *args], capture_output=True, cwd=REPO, timeout=60)
+
+
+def test_size_beyond_the_block_map_is_refused():
+    from immutools.errors import CorruptDataError
+
+    fs = open_fs(hostile_size_image())
+    assert fs.stat("/huge").size == 0x7FFFFFFFFFFFFFFF            # listed as it is on disk
+    limit = fs.max_file_size(extents=True)
+    assert limit == ((1 << 32) - 1) * 1024                          # 2^32 blocks of 1 KiB (no huge_file cap lower)
+    with pytest.raises(CorruptDataError, match="beyond the largest this filesystem can address"):
+        fs.read("/huge", 0, 16)
+    assert fs.read("/sparse", 50 << 30, 4096) == bytes(4096)       # a hole inside a plausible size: zeros
+    assert fs.read("/hole") == bytes(1 << 20)
+    assert fs.read("/small") == b"hello\n"
+
+
+def test_cat_refuses_a_hostile_size_and_honours_max_bytes():
+    image = str(hostile_size_image())
+    with deadline(120):
+        huge = immutools_cat(image, "0:/huge", "--max-bytes", str(1 << 63))     # no output limit in the way
+        huge_default = immutools_cat(image, "0:/huge")
+        sparse = immutools_cat(image, "0:/sparse")
+        small = immutools_cat(image, "0:/small")
+        capped = immutools_cat(image, "0:/small", "--max-bytes", "5")
+        exact = immutools_cat(image, "0:/small", "--max-bytes", "6")
+    assert huge.returncode == 3 and huge.stdout == b""
+    assert len(huge.stderr.decode().strip().splitlines()) == 1 and "address" in huge.stderr.decode()
+    assert huge_default.returncode == 5 and huge_default.stdout == b""
+    assert sparse.returncode == 5 and sparse.stdout == b"" and b"--max-bytes" in sparse.stderr
+    assert small.returncode == 0 and small.stdout == b"hello\n"
+    assert capped.returncode == 5 and capped.stdout == b""
+    assert exact.returncode == 0 and exact.stdout == b"hello\n"
