@@ -349,28 +349,48 @@ class OsTree(FileSystem):
                                         for p in hidden}))
         # One filesystem mounted twice, one mount's root inside the other's part (a bind mount:
         # Bottlerocket's /var inside /local, Ubuntu Core's /etc/ssh inside /writable): each
-        # directory is walked once, under the mount that names it (the other mount lists it as
-        # a directory it does not descend); a second mount of the very same directory is not
-        # descended at all. ``walk_metadata`` keeps whichever it meets first instead.
-        for i, seg in enumerate(segments):
-            if seg.skip:
-                continue
-            for other in segments[:i]:
-                if other.skip or other.mount.fs is not seg.mount.fs:
-                    continue
-                if seg.inner == other.inner:
-                    self.warnings.append(f"{seg.root}: directory already visited at {other.root} (a bind mount), not descended")
-                    seg.skip = True
-                    break
+        # directory is walked once, under whichever path a depth-first walk (``walk_metadata``)
+        # meets first; the other place lists the directory without descending it.
+        for seg in segments:
             if seg.skip:
                 continue
             for other in segments:
                 if other is seg or other.skip or other.mount.fs is not seg.mount.fs:
                     continue
-                if other.inner != seg.inner and is_within(other.inner, seg.inner) \
-                        and not any(is_within(other.inner, e) for e in seg.exclude):
+                if not is_within(other.inner, seg.inner) or any(is_within(other.inner, e) for e in seg.exclude):
+                    continue
+                inside = seg.outer(other.inner)          # where seg's walk meets other's root directory
+                if other.inner == seg.inner:             # the very same directory mounted twice
+                    first, later = (seg, other) if self._dfs_before(seg.root, other.root) else (other, seg)
+                    self.warnings.append(f"{later.root}: directory already visited at {first.root} (a bind mount), not descended")
+                    later.skip = True
+                    if later is seg:
+                        break
+                    continue
+                if self._dfs_before(inside, other.root):
+                    self.warnings.append(f"{other.root}: directory already visited at {inside} (a bind mount), not descended")
+                    other.skip = True
+                else:
                     seg.exclude = tuple(sorted(set(seg.exclude) | {other.inner}))
         return start, segments
+
+    def _dfs_before(self, first: str, second: str) -> bool:
+        """Whether a depth-first walk in listing order (``walk_metadata``) reaches composed path
+        ``first`` before ``second``."""
+        a, b = [c for c in first.split("/") if c], [c for c in second.split("/") if c]
+        k = 0
+        while k < min(len(a), len(b)) and a[k] == b[k]:
+            k += 1
+        if k == len(a) or k == len(b):
+            return len(a) <= len(b)
+        parent = "/" + "/".join(a[:k]) if k else "/"
+        try:
+            names = [name for name, _ref in self._list_node(self._resolve(parent, False))]
+        except FileSystemError:
+            return True
+        pos_a = names.index(a[k]) if a[k] in names else len(names)
+        pos_b = names.index(b[k]) if b[k] in names else len(names)
+        return pos_a <= pos_b
 
     def _reachable(self, base: str, target: str) -> bool:
         """Whether a walk from ``base`` reaches ``target``: every directory between is a
