@@ -490,3 +490,53 @@ def test_cat_refuses_a_hostile_size_and_honours_max_bytes():
     assert small.returncode == 0 and small.stdout == b"hello\n"
     assert capped.returncode == 5 and capped.stdout == b""
     assert exact.returncode == 0 and exact.stdout == b"hello\n"
+
+
+# ---- composition: OsTree joins each mount's bulk answer --------------------------------------------
+def _composed(tree, path="/", exclude=()):
+    """(walk_table rows, find_special paths) and the same from the per-entry composed walk."""
+    slow = {p: st for p, st in tree.walk_metadata(path, prune=lambda p: p in exclude)}
+    table = tree.walk_table(path, exclude)
+    fast = {table.path(i): table.stat(i) for i in range(len(table))}
+    assert len(fast) == len(table)
+
+    def key(st):
+        return (st.mode, st.uid, st.gid, max(0, st.size), st.nlink or 0)
+
+    special_slow = sorted(p for p, st in slow.items() if st.is_file and (st.is_setuid or st.is_setgid))
+    return ({p: key(s) for p, s in fast.items()}, [p for p, _ in tree.find_special(path, exclude)],
+            {p: key(s) for p, s in slow.items()}, special_slow)
+
+
+COMPOSITIONS = {
+    # mounts stacked and nested, a mount point inside a listed directory, virtual parents
+    "nested": [("/", "ext4", "/"), ("/usr", "ext2", "/usr"), ("/srv/big/entry-00000", "xfs", "/srv"),
+               ("/new/deep/mnt", "xfs", "/usr")],
+    "no-root-mount": [("/a/b", "ext4", "/srv/tree"), ("/a/c", "xfs", "/usr")],
+    "file-under-mount": [("/", "ext4", "/"), ("/tiny.txt/x", "ext2", "/etc")],
+    "below-a-symlink": [("/", "ext4", "/"), ("/bin/x", "ext2", "/")],
+    "bind-and-stacked": [("/", "ext4", "/"), ("/mnt2", "ext4", "/srv"), ("/usr", "ext2", "/"), ("/usr", "xfs", "/")],
+    "same-directory-twice": [("/", "ext4", "/"), ("/m1", "ext2", "/usr"), ("/m0", "ext2", "/usr")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPOSITIONS))
+def test_composed_walks_equal_the_per_entry_composed_walk(name):
+    from immutools.system.rootview import OsTree
+    from tests.test_fast_xfs import build_image as build_xfs
+
+    filesystems = {"ext4": open_fs(build_image("ext4")), "ext2": open_fs(build_image("ext2")),
+                   "xfs": open_filesystem(FileSource(build_xfs("v5")))}
+    tree = OsTree()
+    for target, fs, subdir in COMPOSITIONS[name]:
+        tree.mount(target, filesystems[fs], subdir=subdir)
+    for path, exclude in (("/", ()), ("/", ("/srv/deep", "/usr/bin", EXCLUDED, "/mnt2")), ("/srv", ())):
+        if not tree.exists(path):
+            continue
+        fast, special, slow, special_slow = _composed(tree, path, exclude)
+        assert fast == slow, (path, exclude, sorted(set(fast) ^ set(slow))[:5])
+        assert special == special_slow
+    if name == "nested":
+        special = [p for p, _ in tree.find_special("/")]
+        assert "/usr/bin/su" in special and "/srv/links/su-again" in special           # ext4 /, ext2 /usr
+        assert any(p.startswith("/srv/big/entry-00000/deep/") for p in special)       # XFS below a file's dir
