@@ -602,6 +602,41 @@ def test_entry_kinds_come_from_the_registry(tmp_path):
         kinds._ordered = None
 
 
+@pytest.mark.parametrize("grafts, message", [
+    ("{missing: [{set: debian-root}]}", r"grafts\.missing: no tree 'missing'"),
+    ("{small: [{set: debian-root, colour: red}]}", r"grafts\.small\[0\]: unknown key\(s\) colour"),
+    ("{small: [{from: /usr}]}", r"grafts\.small\[0\]: needs set"),
+    ("{small: [{set: a}, {set: b}]}", r"grafts\.small\[1\]\.name: 'small' used twice"),
+    ("{small: [{set: a, into: usr}]}", r"grafts\.small\[0\]\.into: an absolute path"),
+    ("{small: [{set: a, source: rpm}]}", r"grafts\.small\[0\]\.source: 'rpm'"),
+])
+def test_graft_spec_errors(tmp_path, grafts, message):
+    """Grafts are checked when the spec loads, before anything is downloaded."""
+    path = tmp_path / "grafts.yaml"
+    path.write_text(SMALL_SPEC + f"grafts: {grafts}\n")
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def test_whole_value_templates_keep_lists():
+    from immutools.replica.spec import render
+
+    ctx = {"computed": {"trees": {"usr": {"setuid": ["/usr/bin/su"], "entries": 3}}}}
+    assert render({"a": "{{computed.trees.usr.setuid}}"}, ctx, "w") == {"a": ["/usr/bin/su"]}
+    assert render("{{computed.trees.usr.entries}}", ctx, "w") == "3"              # scalars stay text
+    assert render("x {{computed.trees.usr.entries}}", ctx, "w") == "x 3"
+    with pytest.raises(SpecError, match="not a scalar"):
+        render("x {{computed.trees.usr.setuid}}", ctx, "w")
+
+
+def test_path_patterns_stop_at_slashes():
+    from immutools.replica.context import path_match
+
+    assert path_match("usr/lib/modules/6.1.0-9-amd64", "usr/lib/modules/*")
+    assert not path_match("usr/lib/modules/6.1.0-9-amd64/kernel", "usr/lib/modules/*")
+    assert path_match("boot/vmlinuz-6.1", "boot/*") and not path_match("boot", "boot/*")
+
+
 def test_cli_list_and_build(small_spec, tmp_path):
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-m", "immutools.replica", "list"], capture_output=True, env=env)
