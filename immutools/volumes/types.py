@@ -13,6 +13,8 @@ import uuid as uuid_mod
 from dataclasses import dataclass
 from pathlib import Path
 
+from immutools.knowledge import load_yaml_file
+
 # Role hints a type (or a well-known partition name) may carry. Documented in data/README.md.
 ROLES = frozenset(
     {
@@ -64,9 +66,7 @@ def _check_common(entry: dict, where: str) -> None:
 @functools.lru_cache(maxsize=1)
 def load_partition_types() -> PartitionTypes:
     """Load and validate the type table (cached)."""
-    import yaml  # only needed once per process
-
-    raw = yaml.safe_load(_data_path().read_text(encoding="utf-8"))
+    raw = load_yaml_file(_data_path())
     gpt: dict[str, PartitionType] = {}
     mbr: dict[int, PartitionType] = {}
     keys: set[str] = set()
