@@ -3,7 +3,7 @@
 sfdisk/fdisk read the tables, blkid -p identifies each partition, debugfs/mtools/btrfs restore/
 unsquashfs/fsck.erofs read the files, veritysetup verify checks the verity pairs with the recorded
 root hashes. The expected values come from the spec (small custom spec) or from the published
-layout in shared/reference/flatcar.md (full-size Flatcar replica), never from the builder's output.
+layout in flatcar/scripts build_library/disk_layout.json (stable-4593.2.0) (full-size Flatcar replica), never from the builder's output.
 """
 
 from __future__ import annotations
@@ -649,10 +649,10 @@ def test_cli_list_and_build(small_spec, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Flatcar: the full-size current amd64 pristine replica against flatcar.md §1.2 (not the spec)
+# Flatcar: the full-size current amd64 pristine replica against flatcar/scripts disk_layout.json (not the spec)
 # ------------------------------------------------------------------------------------------------
 
-# flatcar.md §1.2: number, label, type GUID, unique GUID (None = random per build), start, sectors
+# flatcar/scripts disk_layout.json + the disk_util algorithm: number, label, type GUID, unique GUID (None = random per build), start, sectors
 FLATCAR_CURRENT = [
     (1, "EFI-SYSTEM", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", None, 4096, 2097152),
     (2, "BIOS-BOOT", "21686148-6449-6E6F-744E-656564454649", None, 2101248, 4096),
@@ -662,7 +662,7 @@ FLATCAR_CURRENT = [
     (7, "OEM-CONFIG", "C95DC21A-DF0E-4340-8D7B-26CBFA9A03E0", None, 12591104, 131072),
     (9, "ROOT", "3884DD41-8582-4404-B9A8-E9B84F2DF50E", None, 12722176, 3653632),
 ]
-# §1.3 (pre-4487 and LTS-4081)
+# disk_layout.json before commit 07cc8512ef (pre-4487 and LTS-4081)
 FLATCAR_PRE4487 = {1: (4096, 262144), 2: (266240, 4096), 3: (270336, 2097152), 4: (2367488, 2097152),
                    6: (4464640, 262144), 7: (4726784, 131072), 9: (4857856, 4427776)}
 
@@ -678,10 +678,10 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
     name = "flatcar-stable-4593-amd64-pristine"
     image = build_replica(name)
     manifest = replica_manifest(name)
-    assert image.stat().st_size == 8_455_716_864                      # §1.2
+    assert image.stat().st_size == 8_455_716_864                      # disk_layout.json
     assert rb.allocated_bytes(image) < 64 * 2**20                      # sparse
     table = sfdisk_json(image)["partitiontable"]
-    assert table["id"] == "00000000-0000-0000-0000-000000000001"       # §1.1
+    assert table["id"] == "00000000-0000-0000-0000-000000000001"       # disk_util cgpt create -g
     assert table["firstlba"] == 34 and table["lastlba"] == 16_515_038
     with open(image, "rb") as f:
         f.seek(512)
@@ -692,7 +692,7 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
         assert f.read(8) == b"EFI PART"
         f.seek(446)
         mbr = f.read(66)
-    # §1.1 protective entry with cgpt's CHS 00 02 00 .. FF FF FF, LBA 1 .. total-1
+    # seismograph cgpt_common.c UpdatePMBR: protective entry with cgpt's CHS 00 02 00 .. FF FF FF, LBA 1 .. total-1
     assert mbr[:16] == bytes([0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF]) + struct.pack("<II", 1, 16_515_071)
     assert mbr[16:64] == bytes(48) and mbr[64:66] == b"\x55\xaa"
     rows = {int(re.search(r"(\d+)$", p["node"]).group(1)): p for p in table["partitions"]}
@@ -702,7 +702,7 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
         assert (row["name"], row["type"], row["start"], row["size"]) == (label, ptype, start, sectors)
         if guid:
             assert row["uuid"] == guid
-    assert attrs_from_sfdisk(rows[3].get("attrs")) == 0x0101000000000000   # §1.6
+    assert attrs_from_sfdisk(rows[3].get("attrs")) == 0x0101000000000000   # disk_util WritePartitionTable
     assert attrs_from_sfdisk(rows[4].get("attrs")) == 0
     assert attrs_from_sfdisk(rows[1].get("attrs")) == 0                    # no legacy bit since 4459
     parts = by_key(manifest)
@@ -712,7 +712,7 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
     assert got["usr_b"] == {}
     assert got["oem"]["TYPE"] == "btrfs" and got["oem"]["LABEL"] == "OEM"
     assert got["root"]["TYPE"] == "ext4" and got["root"]["LABEL"] == "ROOT"
-    # verity appended inside USR-A (§2.2): superblock at 0x3F7FE000, tree ends at exactly 1 GiB
+    # verity appended inside USR-A (disk_util Verity): superblock at 0x3F7FE000, tree ends at exactly 1 GiB
     usr = extract(image, parts["usr_a"], tmp_path / "usr_a.img")
     v = manifest["computed"]["usr_a"]["verity"]
     assert (v["data_blocks"], v["hash_blocks"], v["hash_offset"]) == (260094, 2049, 1_065_345_024)
@@ -726,7 +726,7 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
         f.seek(tree_end - 4096)
         assert f.read(4096) != bytes(4096)                              # the top hash block is written
     run(["veritysetup", "verify", "--hash-offset=1065345024", str(usr), str(usr), v["root_hash"]])
-    # §2.3: 64 hex characters at offset 64 of flatcar/vmlinuz-a
+    # scripts build_image_util.sh verity_offset: 64 hex characters at offset 64 of flatcar/vmlinuz-a
     kernel = mtype(image, parts["esp"], "/flatcar/vmlinuz-a")
     assert kernel[64:128].decode() == v["root_hash"] and kernel[0x202:0x206] == b"HdrS"
     assert {"vmlinuz-a", "first_boot", "grub"} <= mdir_names(image, parts["esp"], "/flatcar")
@@ -735,7 +735,7 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
     tar.write_bytes(mtype(image, parts["esp"], "/flatcar/grub/grub.cfg.tar"))
     cfg = run(["tar", "-xOf", str(tar), "grub.cfg"]).stdout.decode()
     assert "gptprio.next" in cfg and "7130c94a-213a-4e5a-8e26-6cce9662f132" in cfg
-    # /usr content at the filesystem root (§2.1)
+    # /usr content at the filesystem root (disk_util)
     out = tmp_path / "usr"
     out.mkdir()
     run(["btrfs", "restore", "-S", "-m", str(usr), str(out)])           # -m: modes, owners, times
@@ -748,7 +748,7 @@ def test_flatcar_current_amd64_pristine_full_size(tmp_path):
     for sysext in ("containerd-flatcar", "docker-flatcar"):
         listing = run(["unsquashfs", "-lln", str(out / f"share/flatcar/sysext/{sysext}.raw")]).stdout.decode()
         assert f"extension-release.{sysext}" in listing
-    # ROOT: only boot, usr, oem and lost+found (§3.4)
+    # ROOT: only boot, usr, oem and lost+found (build_image_util.sh finish_image)
     root = extract(image, parts["root"], tmp_path / "root.img")
     ls = run(["debugfs", "-R", "ls -p /", str(root)]).stdout.decode()
     names = {line.split("/")[5] for line in ls.splitlines() if line.count("/") >= 6} - {".", ".."}
@@ -780,7 +780,7 @@ def test_flatcar_variants_match_their_expect(name, tmp_path):
     layout = FLATCAR_PRE4487 if fl["layout"] == "pre-4487" else {n: (s, c) for n, _l, _t, _g, s, c in FLATCAR_CURRENT}
     for number, (start, sectors) in layout.items():
         assert (rows[number]["start"], rows[number]["size"]) == (start, sectors), number
-    size = 4_756_340_736 if fl["layout"] == "pre-4487" else 8_455_716_864     # §1.3 / §1.2
+    size = 4_756_340_736 if fl["layout"] == "pre-4487" else 8_455_716_864     # disk_layout.json before / since 07cc8512ef
     assert image.stat().st_size == size
     for slot in expect["update"]["slots"]:
         (number,) = slot["partitions"]
@@ -809,7 +809,7 @@ def test_flatcar_variants_match_their_expect(name, tmp_path):
     if VERIFY_ALL or (fl["board"] == "amd64-usr" and name != "flatcar-stable-4593-amd64-pristine"):
         run(["veritysetup", "verify", "--hash-offset=1065345024", str(usr), str(usr),
              expect["integrity"]["root_hash"]])
-    with open(usr, "rb") as f:                                          # verity superblock (§9.5)
+    with open(usr, "rb") as f:                                          # verity superblock (disk_util Verity)
         f.seek(1_065_345_024)
         assert f.read(8) == b"verity\0\0"
     assert usr_fstype(blkid_at(image, parts[slot_key])) == fl["usr_fstype"]
@@ -821,7 +821,7 @@ def test_flatcar_variants_match_their_expect(name, tmp_path):
     else:
         with open(usr, "rb") as f:
             f.seek(0x467)
-            assert f.read(1) == b"\xff"                                 # Flatcar ro_compat hack (§1.7)
+            assert f.read(1) == b"\xff"                                 # Flatcar ro_compat hack (disk_util Tune)
         osr = run(["debugfs", "-R", "cat /lib/os-release", str(usr)]).stdout.decode()
     assert f"VERSION_ID={expect['os']['version']}\n" in osr and f'FLATCAR_BOARD="{fl["board"]}"' in osr
     if not fl["pristine"]:

@@ -5,7 +5,7 @@ Each kind registers its maker and schema in ``immutools.replica.kinds``:
 * ``cpio: [{tree: NAME, compress: none|xz|zstd, command: [...], vars: {...}}, ...]`` - an initramfs: one
   ``newc`` archive per segment, made by GNU cpio from the staged tree exactly as Talos does
   (``find . | LC_ALL=C sort | cpio -H newc --create --reproducible -R +0:+0``) and compressed with
-  the real tool; segments are concatenated (talos.md §2.4: ``xz -C crc32 -0 -e`` up to 1.7,
+  the real tool; segments are concatenated (siderolabs/talos@v1.7.0, @v1.8.0 Dockerfile: ``xz -C crc32 -0 -e`` up to 1.7,
   ``zstd -T0 -18`` from 1.8; extension segments ``-T 0`` xz / ``zstd -T0 -18``,
   talos@HEAD:pkg/imager/extensions/rebuild.go). ``command`` overrides the compressor; ``vars``
   override template variables for the segment's tree and what it nests.
@@ -19,7 +19,7 @@ Each kind registers its maker and schema in ``immutools.replica.kinds``:
   offset/size at 8/12, compression name at 24, drivers/firmware/efi/libstub/zboot-header.S) around
   a compressed ``kernel:`` stand-in.
 * ``talos_meta: {tags: {TAG: value}, copies: [1, 2], corrupt: [N], legacy: {TAG: value}, size}`` -
-  a Talos META partition: the 256 KiB ADV block written twice at offset 0 (talos.md §4.5), optional
+  a Talos META partition: the 256 KiB ADV block written twice at offset 0 (siderolabs/talos@v1.12.0 internal/pkg/meta/internal/adv/talos/talos.go), optional
   damage to a copy, optional syslinux ADV in the last 1 KiB.
 * ``padded: {size, seed, head: <entry>}`` - ``head``'s bytes followed by deterministic
   pseudo-random filler up to ``size`` (stand-in binaries of a plausible size that do not compress
@@ -245,7 +245,7 @@ def make_uki(build, value: dict, ctx: dict, where: str) -> bytes:
 
 
 def adv_block(tags: list[tuple[int, bytes]]) -> bytes:
-    """One Talos ADV copy (talos.md §4.5): BE magic1, (tag, size, value)*, sha256, magic2."""
+    """One Talos ADV copy (siderolabs/talos@v1.12.0 .../adv/talos/talos.go): BE magic1, (tag, size, value)*, sha256, magic2."""
     buf = bytearray(ADV_BLOCK)
     buf[0:4] = (0x5A4B3C2D).to_bytes(4, "big")
     buf[-4:] = (0xA5B4C3D2).to_bytes(4, "big")

@@ -1,4 +1,4 @@
-"""Replica building steps Bottlerocket images need (bottlerocket.md §3, §11).
+"""Replica building steps Bottlerocket images need (bottlerocket-os/twoliter v0.5.0 twoliter/embedded/rpm2img, imghelper).
 
 * ``shrink_ext``: rpm2img shrinks the BOOT and ROOT ext4 images with ``resize2fs -M`` after
   ``mkfs.ext4 -d``; resize2fs truncates the image file, so the dm-verity data area (ROOT) is the

@@ -214,12 +214,12 @@ def write_gpt(build: Build, image: Path) -> dict:
     if mbr:
         with open(image, "r+b") as f:
             if mbr["style"] == "cgpt-protective":
-                # flatcar.md §1.1: cgpt's protective entry, CHS 00 02 00 .. FF FF FF (seismograph ae67cf2+).
+                # flatcar/seismograph src/cgpt/cgpt_common.c UpdatePMBR: cgpt's protective entry, CHS 00 02 00 .. FF FF FF (seismograph ae67cf2+).
                 end = min(total - 1, 0xFFFFFFFF)
                 write_mbr(f.fileno(), [mbr_entry(0, 0xEE, 1, end, b"\x00\x02\x00", b"\xff\xff\xff")])
                 facts["mbr"] = "protective (cgpt)"
             elif mbr["style"] == "cgpt-hybrid":
-                # flatcar.md §1.1 / SG cgpt_common.c UpdatePMBR: entry 0 bootable 0x0C over the partition,
+                # flatcar/seismograph src/cgpt/cgpt_common.c UpdatePMBR: entry 0 bootable 0x0C over the partition,
                 # entry 1 0xEE from LBA 1 to its start - 1; both with computed CHS.
                 part = spec.partition(mbr["partition"])
                 write_mbr(f.fileno(), [mbr_entry(0x80, 0x0C, part.start, part.end),
@@ -555,7 +555,7 @@ def make_form(runner: Runner, raw: Path, form: str) -> Path:
     """One shipped form of the raw image. Streams holes from memory into the compressors."""
     if form == "qcow2":
         out = raw.with_name(raw.name.rsplit(".", 1)[0] + ".qcow2") if "." in raw.name else raw.with_suffix(".qcow2")
-        # flatcar.md §1.5: qemu-img convert -O qcow2 -c -o compat=0.10 (the Flatcar QEMU image form).
+        # flatcar/scripts build_library/vm_image_util.sh: qemu-img convert -O qcow2 -c -o compat=0.10 (the Flatcar QEMU image form).
         runner.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compat=0.10", raw, out], "qcow2")
         return out
     out = raw.with_name(raw.name + FORM_COMMANDS[form])

@@ -228,7 +228,7 @@ EXT_SB_CHECKSUM = EXT_SB + 0x3FC
 
 
 def ext_ro_compat_hack(path: Path) -> None:
-    """Flatcar's read-only hack (flatcar.md §1.7): top byte of s_feature_ro_compat (byte 0x467) := 0xFF,
+    """Flatcar's read-only hack (flatcar/scripts build_library/disk_util Tune, ext2 era): top byte of s_feature_ro_compat (byte 0x467) := 0xFF,
     so kernels refuse a read-write mount. Re-checksums the superblock when metadata_csum is on."""
     with open(path, "r+b") as f:
         sb = bytearray(os.pread(f.fileno(), 1024, EXT_SB))

@@ -6,7 +6,7 @@ the physical root without the contents of ``boot/``, ``boot`` = the contents of 
 separate /boot partition, ``all`` = everything; optional ``prefix:`` puts the physical root in a
 subdirectory, e.g. ``root`` for a btrfs whose ``root`` subvolume holds it).
 
-Recipe (ostree-and-others.md §3.1, §3.7)::
+Recipe (ostreedev/ostree docs/deployment.md, man/ostree-admin-init-fs.xml; checked with Debian 12's ostree 2022.7)::
 
     stateroot: fedora-coreos
     repo_config: {sysroot.readonly: "true", sysroot.bootloader: none}   # `ostree config set`
