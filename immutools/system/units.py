@@ -362,6 +362,10 @@ class UnitSet:
         self._dependents: dict[str, list[tuple[str, str, str]]] | None = None
         self._presets: list[tuple[str, str, str, int]] | None = None
         self._pulled: dict[str, str | None] | None = None
+        # Directory listings, read once: a full-size system has hundreds of units and each is looked
+        # for in every search directory and every drop-in directory name.
+        self._listings: dict[str, list[str]] = {}
+        self._entry_sets: dict[str, frozenset[str]] = {}
 
     def _existing_dirs(self, paths) -> list[str]:
         """Search directories that exist, once each (``/lib`` is often ``/usr/lib``)."""
@@ -392,10 +396,25 @@ class UnitSet:
             return None
 
     def _listdir(self, path: str) -> list[str]:
-        try:
-            return self.tree.listdir(path)
-        except ImmutoolsError:
-            return []
+        cached = self._listings.get(path)
+        if cached is None:
+            parent, base = path.rsplit("/", 1) if path.count("/") > 1 else ("", path)
+            if parent in self._entry_sets and base.lstrip("/") not in self._entry_sets[parent]:
+                cached = []                  # not in its parent's listing: no such directory
+            else:
+                try:
+                    cached = self.tree.listdir(path)
+                except ImmutoolsError:
+                    cached = []
+            self._listings[path] = cached
+        return cached
+
+    def _entries(self, directory: str) -> frozenset[str]:
+        """The names in a search directory (for cheap "is it there" checks before a lookup)."""
+        names = self._entry_sets.get(directory)
+        if names is None:
+            names = self._entry_sets[directory] = frozenset(self._listdir(directory))
+        return names
 
     # ---- lookup -------------------------------------------------------------------------------
     def find(self, name: str) -> _Found | None:
@@ -413,6 +432,8 @@ class UnitSet:
         if "/" in name or not name:
             return None
         for directory in self.paths:
+            if name not in self._entries(directory):
+                continue
             path = f"{directory}/{name}"
             st = self._lstat(path)
             if st is None:
@@ -452,6 +473,9 @@ class UnitSet:
         chosen: dict[str, str] = {}
         masked: set[str] = set()
         for directory in self.dropin_dirs(name):
+            parent, base = directory.rsplit("/", 1)
+            if parent in self.paths and base not in self._entries(parent):
+                continue
             for entry in self._listdir(directory):
                 if not entry.endswith(".conf") or entry in chosen or entry in masked:
                     continue
