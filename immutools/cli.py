@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("inputs", nargs="+", metavar="IMAGE_OR_REPORT",
                      help="a saved report (.json, from `scan --format json -o X.json`), an image (scanned), or a folder of either")
     cmp.add_argument("--chart", choices=ANALYSIS_CHARTS, help="also draw this chart (needs --output)")
-    cmp.add_argument("--output", "-o", metavar="FILE", help="write the chart to FILE.png or FILE.svg (default chart: spectrum)")
+    cmp.add_argument("--output", "-o", metavar="FILE",
+                     help="write the chart to FILE.png, FILE.svg or FILE.pdf (text kept as text; default chart: spectrum)")
     cmp.add_argument("--rubric", metavar="YAML", help="score with this rubric instead of data/rubric.yaml")
     _add_common(cmp)
 
@@ -264,13 +265,13 @@ def cmd_compare(args) -> int:
     import shutil
 
     from immutools.analysis.loading import AnalysisUsageError
-    from immutools.analysis.rubric import sensitivity
+    from immutools.analysis.sensitivity import sensitivity
     from immutools.analysis.table import render_comparison
 
     if args.chart and not args.output:
-        raise AnalysisUsageError("--chart needs --output FILE.png or FILE.svg")
-    if args.output and not args.output.lower().endswith((".png", ".svg")):
-        raise AnalysisUsageError(f"{args.output}: charts are written as .png or .svg")
+        raise AnalysisUsageError("--chart needs --output FILE.png, FILE.svg or FILE.pdf")
+    if args.output and not args.output.lower().endswith((".png", ".svg", ".pdf")):
+        raise AnalysisUsageError(f"{args.output}: charts are written as .png, .svg or .pdf")
     frames = _load_for_analysis(args)
     width = shutil.get_terminal_size((120, 40)).columns if sys.stdout.isatty() else 160
     sys.stdout.write(render_comparison(frames, width=max(60, width)))

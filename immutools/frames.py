@@ -1,7 +1,9 @@
 """Public name of the frames API: ``from immutools import frames; f = frames.load(...)``.
 
 Everything lives in ``immutools.analysis.frames`` (tables), ``immutools.analysis.loading``
-(reports from files, folders and images) and ``immutools.analysis.rubric`` (the score).
+(reports from files, folders and images), ``immutools.analysis.rubric`` (the score),
+``immutools.analysis.ranking`` (which images may be ranked) and ``immutools.analysis.sensitivity``
+(how the ranking depends on the weights).
 
 Run as a module to regenerate the bundled reports::
 
@@ -20,11 +22,12 @@ from immutools.analysis.loading import (  # noqa: F401
     LoadedReport, LoadResult, ReportLoadError, bundled_reports_dir, load_reports, normalize_for_saving, read_report,
     refresh_reports,
 )
-from immutools.analysis.rubric import Rubric, RubricError, load_rubric, sensitivity  # noqa: F401
+from immutools.analysis.rubric import Rubric, RubricError, load_rubric  # noqa: F401
+from immutools.analysis.sensitivity import Sensitivity, sensitivity  # noqa: F401
 
 __all__ = list(_frames_all) + [
     "LoadedReport", "LoadResult", "ReportLoadError", "bundled_reports_dir", "load_reports", "normalize_for_saving",
-    "read_report", "refresh_reports", "Rubric", "RubricError", "load_rubric", "sensitivity",
+    "read_report", "refresh_reports", "Rubric", "RubricError", "load_rubric", "Sensitivity", "sensitivity",
 ]
 
 

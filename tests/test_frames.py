@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from incomplete_reports import as_form, incomplete
 from replicas import build_replica, replica_manifest
 from report_variants import REPORTS, base_report
 
@@ -27,7 +28,7 @@ from immutools.report.model import STANDARD_PATHS
 
 REPO = Path(__file__).resolve().parent.parent
 LIVE = ("flatcar-stable-4593-amd64-updated", "flatcar-stable-3227-arm64-pristine")
-FRAME_NAMES = ("images", "partitions", "mounts", "paths", "surface", "update_slots", "scores")
+FRAME_NAMES = ("images", "partitions", "mounts", "paths", "surface", "update_slots", "completeness", "scores", "ranking")
 # Columns that say where a report was loaded from, not what is in it.
 WHERE_FROM = {"source", "source_kind", "image_path"}
 
@@ -174,7 +175,9 @@ def test_refresh_reports_command_writes_what_scan_reports(tmp_path):
     scanned = json.loads(subprocess.run([sys.executable, "-m", "immutools", "scan", str(image), "--format", "json"],
                                         capture_output=True, text=True, check=True).stdout)
     assert report["image"]["path"] == image.name            # machine-independent
+    assert "cache" not in report["image"]                   # what this machine's cache did: not saved
     scanned["image"]["path"] = image.name
+    scanned["image"].pop("cache", None)
     assert report == scanned
 
 
@@ -250,6 +253,12 @@ def test_image_ids_are_unique():
     f = frames.frames_from([report, report, copy.deepcopy(report)])
     spec = report["image"]["provenance"]["spec"]
     assert list(f.images["image"]) == [spec, f"{spec}#2", f"{spec}#3"]
+    # The same image in other forms is told apart by its form, not by a number.
+    first = frames.frames_from([report]).images["form"].iloc[0]
+    f = frames.frames_from([report, as_form(report, "raw", "lz4"), as_form(report, "raw", None), report])
+    assert first != "raw" and list(f.images["image"]) == [spec, f"{spec} [lz4]", f"{spec} [raw]", f"{spec}#2"]
+    assert set(f.images["base_image"]) == {spec}
+    assert list(f.images["form"].astype(str)) == [first, "lz4", "raw", first]
     vendor = copy.deepcopy(report)
     vendor["image"]["provenance"] = None
     vendor["image"]["path"] = "/somewhere/flatcar_production_image.bin.bz2"
@@ -312,3 +321,172 @@ def test_refresh_existing_rescans_bundled_images_and_keeps_others(tmp_path):
     assert fresh["image"]["path"] == image.name and fresh["os"]["version"] != "stale"
     assert json.loads((tmp_path / "vendor-image.json").read_text()) == vendor
     assert any("vendor-image.json: kept" in line for line in log)
+
+
+# ------------------------------------------------------------------------------------------------
+# module structure: no import cycle, no private names across modules
+# ------------------------------------------------------------------------------------------------
+
+ANALYSIS = REPO / "immutools" / "analysis"
+
+
+def _imports(path: Path):
+    """(module imported, names imported from it, attribute names used on it) of every import in a
+    file, at any depth (function-level imports included)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    aliases: dict[str, str] = {}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, [a.name for a in node.names]))
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                found.append((a.name, []))
+                aliases[a.asname or a.name] = a.name
+    attrs = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            attrs.append((aliases[node.value.id], node.attr))
+    return found, attrs
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_analysis_modules_import_no_private_name_of_another_module():
+    problems = []
+    for path in sorted(ANALYSIS.glob("*.py")) + [REPO / "immutools" / "frames.py", REPO / "immutools" / "cli.py"]:
+        found, attrs = _imports(path)
+        for module, names in found:
+            if module.startswith("immutools"):
+                problems += [f"{path.name}: from {module} import {n}" for n in names if _private(n)]
+        problems += [f"{path.name}: {mod}.{attr}" for mod, attr in attrs
+                     if mod.startswith("immutools") and _private(attr)]
+    assert problems == []
+
+
+def test_analysis_modules_form_no_import_cycle():
+    graph = {}
+    for path in sorted(ANALYSIS.glob("*.py")):
+        name = f"immutools.analysis.{path.stem}"
+        found, _attrs = _imports(path)
+        deps = set()
+        for module, names in found:
+            if module.startswith("immutools.analysis."):
+                deps.add(module)
+            elif module == "immutools.analysis":
+                deps |= {f"immutools.analysis.{n}" for n in names}
+        graph[name] = deps - {name}
+    seen, stack = set(), []
+
+    def visit(node):
+        if node in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(node):] + [node]))
+        if node in seen:
+            return
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            visit(dep)
+        stack.pop()
+        seen.add(node)
+
+    for node in graph:
+        visit(node)
+    assert graph["immutools.analysis.loading"] == set()          # the bottom of the layer
+    assert "immutools.analysis.frames" not in graph["immutools.analysis.rubric"]
+    assert "immutools.analysis.frames" not in graph["immutools.analysis.sensitivity"]
+
+
+@pytest.mark.parametrize("module", sorted(p.stem for p in ANALYSIS.glob("*.py")))
+def test_each_analysis_module_imports_alone_in_a_fresh_interpreter(module):
+    code = f"import immutools.analysis.{module} as m; print(m.__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"immutools.analysis.{module}"
+
+
+# ------------------------------------------------------------------------------------------------
+# completeness
+# ------------------------------------------------------------------------------------------------
+
+def test_images_frame_carries_each_reports_completeness(bundled):
+    by_id = {e.image_id: e.report for e in bundled.reports}
+    for row in bundled.images.itertuples():
+        section = by_id[row.image].get("completeness")
+        if section is None:
+            assert row.completeness == "not checked" and row.facts_expected == 0
+            continue
+        facts = section["facts"]
+        assert row.completeness == section["status"]
+        assert (row.facts_expected, row.facts_observed, row.facts_inferred, row.facts_missing) == (
+            len(facts), sum(f["status"] == "observed" for f in facts), sum(f["status"] == "inferred" for f in facts),
+            sum(f["status"] == "missing" for f in facts))
+        assert row.missing_facts == [f["fact"] for f in facts if f["status"] == "missing"]
+        rows = bundled.completeness[bundled.completeness["image"] == row.image]
+        assert list(rows["fact"]) == [f["fact"] for f in facts]
+        assert list(rows["status"].astype(str)) == [f["status"] for f in facts]
+    assert isinstance(bundled.images["completeness"].dtype, pd.CategoricalDtype)
+
+
+def test_an_incomplete_report_is_marked_and_not_ranked():
+    """The issue's case: a Flatcar mount table without / and /usr, the completeness section
+    re-evaluated by the real check against data/distributions/flatcar.yaml."""
+    good = base_report()
+    bad = incomplete(good, ("/", "/usr"), spec="flatcar-built-elsewhere")
+    f = frames.frames_from([good, bad])
+    img = f.images.set_index("image").loc["flatcar-built-elsewhere"]
+    assert img["completeness"] == "incomplete" and img["facts_missing"] == 2
+    assert img["missing_facts"] == ["mount /", "mount /usr"]
+    assert "INCOMPLETE: 2 facts missing" in img["label"] and "INCOMPLETE" in img["chart_label"]
+    missing = f.completeness[(f.completeness["image"] == "flatcar-built-elsewhere") & (f.completeness["status"] == "missing")]
+    assert list(missing["fact"]) == ["mount /", "mount /usr"] and missing["reason"].notna().all()
+    ranking = f.ranking.set_index("image")
+    assert bool(ranking.loc[good["image"]["provenance"]["spec"], "ranked"]) is True
+    assert ranking.loc[good["image"]["provenance"]["spec"], "rank"] == 1
+    assert bool(ranking.loc["flatcar-built-elsewhere", "ranked"]) is False
+    assert pd.isna(ranking.loc["flatcar-built-elsewhere", "rank"])
+    assert "mount /, mount /usr" in ranking.loc["flatcar-built-elsewhere", "note"]
+    # A report claiming "complete" while listing a missing fact is still incomplete.
+    liar = copy.deepcopy(bad)
+    liar["completeness"]["status"] = "complete"
+    liar["image"]["provenance"]["spec"] = "liar"
+    assert frames.frames_from([liar]).images["completeness"].iloc[0] == "incomplete"
+
+
+def test_fewer_dimensions_means_not_ranked():
+    report = base_report()
+    report["surface"] = None
+    f = frames.frames_from([report, base_report("talos-v1.9.5-amd64-metal")])
+    r = f.ranking.set_index("image").loc[report["image"]["provenance"]["spec"]]
+    assert not r["ranked"] and r["dimensions_scored"] < r["dimensions_total"] and r["coverage"] < 1
+    assert r["marker"] == f"{r['dimensions_scored']}/{r['dimensions_total']} dimensions"
+    overall = f.scores[(f.scores["dimension"] == "overall")].set_index("image")["score"]
+    assert r["score"] == overall[report["image"]["provenance"]["spec"]]      # the score is kept, only unranked
+
+
+def test_reports_before_the_completeness_check_say_not_checked():
+    old = base_report()
+    old.pop("completeness", None)
+    f = frames.frames_from([old])
+    assert f.images["completeness"].iloc[0] == "not checked"
+    assert f.completeness.empty
+    r = f.ranking.iloc[0]
+    assert bool(r["ranked"]) and r["marker"] == "completeness not checked"
+
+
+def test_every_bundled_default_image_has_a_saved_report():
+    """The demo (data/replicas/bundle.yaml) and the notebooks (data/reports) show the same images."""
+    import yaml
+
+    bundle = yaml.safe_load((REPO / "data" / "replicas" / "bundle.yaml").read_text())
+    for item in bundle["images"]:
+        path = REPORTS / f"{item['spec']}.json"
+        assert path.exists(), f"no saved report for bundled image {item['spec']}: refresh-reports"
+        report = json.loads(path.read_text())
+        assert report["image"]["provenance"]["spec"] == item["spec"]
+        assert frames.load([path]).images["form"].iloc[0] == item["form"]

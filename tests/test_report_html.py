@@ -19,13 +19,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from incomplete_reports import incomplete
 from replicas import build_replica
-from report_variants import REPORTS, base_report
+from report_variants import REPO, REPORTS, base_report
 
 from immutools import frames
 
 SOME = ("flatcar-stable-4593-amd64-pristine", "flatcar-stable-4593-amd64-updated", "flatcar-stable-3227-arm64-pristine")
 EVIL = "<script>alert('x')</script>"
+BROKEN = "flatcar-built-elsewhere"
 
 
 def cli(capsys, *args, check_rc=0):
@@ -52,14 +54,64 @@ class _Collect(HTMLParser):
     def __init__(self):
         super().__init__()
         self.tags, self.ids, self.refs = [], [], []
+        self.fold_depth, self.section = 0, None
+        self.rows_unfolded = 0                  # table rows outside any folded per-image block
+        self.tables = []                        # (section, folded, [rows of cell texts])
+        self._cell, self._row = None, None
+        self._closing_folds: list[bool] = []
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
-        for key, value in attrs:
+        attrs = dict(attrs)
+        for key, value in attrs.items():
             if key == "id":
                 self.ids.append(value)
             if key in ("src", "href", "xlink:href", "action", "data"):
                 self.refs.append(value)
+        if tag == "h2":
+            self.section = attrs.get("id")
+        elif tag == "details" and attrs.get("class") == "fold":
+            self.fold_depth += 1
+        elif tag == "table":
+            self.tables.append((self.section, self.fold_depth > 0, []))
+        elif tag == "tr":
+            self._row = []
+            if self.fold_depth == 0:
+                self.rows_unfolded += 1
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "details":
+            if self._closing_folds and self._closing_folds.pop(0):
+                self.fold_depth -= 1
+        elif tag == "td" and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self.tables:
+                self.tables[-1][2].append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse(text: str) -> _Collect:
+    """Parse the page, knowing which </details> closes a per-image fold (evidence <details> nest
+    inside folds, and end tags carry no attributes): pair them up from the text first."""
+    parser = _Collect()
+    opened, closing = [], []
+    for m in re.finditer(r'<details( class="fold")?[^>]*>|</details>', text):
+        if m.group(0).startswith("</"):
+            closing.append(opened.pop())
+        else:
+            opened.append(bool(m.group(1)))
+    assert not opened, "unbalanced <details>"
+    parser._closing_folds = closing
+    parser.feed(text)
+    return parser
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +122,10 @@ def page(tmp_path_factory):
     evil["os"]["name"] = EVIL
     evil["warnings"] = [EVIL]
     (tmp / "evil.json").write_text(json.dumps(evil))
+    (tmp / "broken.json").write_text(json.dumps(incomplete(base_report(), ("/", "/usr"), spec=BROKEN)))
     out = tmp / "report.html"
-    proc = immutools("report", *[REPORTS / f"{n}.json" for n in SOME], tmp / "evil.json", "--output", out)
+    proc = immutools("report", *[REPORTS / f"{n}.json" for n in SOME], tmp / "evil.json", tmp / "broken.json",
+                     "--output", out)
     assert str(out) in proc.stderr
     return out
 
@@ -91,7 +145,7 @@ def test_page_is_self_contained(page):
 def test_page_has_every_image_fact_evidence_and_provenance(page):
     text = page.read_text()
     f = frames.load([REPORTS / f"{n}.json" for n in SOME])
-    for image in SOME + ("evil-name",):
+    for image in SOME + ("evil-name", BROKEN):
         assert text.count(image) >= 5, image
     for section in ("overview", "spectrum", "dimensions", "partitions", "surface", "updates", "provenance"):
         assert f'id="{section}"' in text
@@ -100,9 +154,58 @@ def test_page_has_every_image_fact_evidence_and_provenance(page):
     assert text.count("<details>") >= with_evidence + len(f.partitions) + len(f.paths)
     # Provenance of each image: the replica record and its limitations.
     for entry in f.reports:
-        for lim in entry.report["image"]["provenance"]["limitations"]:
+        for lim in entry.report["image"]["provenance"].get("limitations") or []:
             assert lim.replace("'", "&#x27;").replace("`", "`") in text or lim in text
     assert "Sensitivity of the ranking" in text
+
+
+def test_no_local_path_anywhere_in_the_page(page):
+    """The header names the rubric as data/rubric.yaml, inputs by file name: a page sent to a
+    colleague carries no directory of the machine that made it."""
+    text = page.read_text()
+    header = text[text.index("<header>"): text.index("</header>")]
+    assert "<code>data/rubric.yaml</code>" in header
+    for local in (str(REPO), str(page.parent), "/tmp/", "/work/", "/home/", "/root/"):
+        assert local not in text, local
+
+
+def test_sensitivity_table_speaks_in_words(page):
+    parser = parse(page.read_text())
+    rows = next(rows for section, _f, rows in parser.tables if section == "spectrum" and rows and "weight" in rows[1][0])
+    labels = [r[0] for r in rows if r]              # the header row has <th>, no <td>
+    assert labels[0] == "the rubric's weights (baseline)"
+    assert "Read-only scope of the OS: weight x0.5 (20 -> 10)" in labels
+    assert not [lbl for lbl in labels if re.fullmatch(r"[a-z_]+ x[0-9.]+", lbl)], labels
+
+
+def test_per_image_tables_are_folded(page):
+    text = page.read_text()
+    parser = parse(text)
+    n_images = len(SOME) + 2
+    # Completeness, dimensions, partitions, surface and provenance: one fold per image each.
+    assert text.count('<details class="fold"') >= 5 * n_images
+    for section in ("dimensions", "partitions", "surface", "provenance"):
+        per_image = [folded for sec, folded, rows in parser.tables if sec == section]
+        assert per_image.count(True) >= n_images and per_image.count(False) <= 1, section
+    # What stays open: the overview, the rubric's dimensions, the sensitivity and update tables.
+    assert parser.rows_unfolded < 3 * n_images + 40, parser.rows_unfolded
+
+
+def test_every_overview_cell_is_filled_and_completeness_is_shown(page):
+    parser = parse(page.read_text())
+    overview = next(rows for sec, folded, rows in parser.tables if sec == "overview" and not folded)
+    assert len(overview) == len(SOME) + 2 + 1          # header row has no <td>
+    body = [r for r in overview if r]
+    for row in body:
+        assert all(cell for cell in row), row
+    broken = next(r for r in body if r[0].startswith(BROKEN))
+    assert "not ranked" in broken[5] and "incomplete: 2 facts missing" in broken[5]
+    assert "incomplete" in broken[6] and "2 missing" in broken[6]
+    ranks = [r[5] for r in body if not r[0].startswith(BROKEN) and "not ranked" not in r[5]]
+    assert ranks and all(re.match(r"^\d+", r) for r in ranks)
+    text = page.read_text()
+    assert "1 image is INCOMPLETE" in text and "mount /, mount /usr" in text
+    assert 'id="completeness"' in text
 
 
 def test_strings_from_images_are_escaped(page):
@@ -143,6 +246,10 @@ def test_compare_prints_a_side_by_side_table(tmp_path):
     overall = next(line for line in lines if line.startswith("OVERALL"))
     want = f.scores[f.scores["dimension"] == "overall"].set_index("image")["score"]
     assert overall.split()[1:] == [f"{want[n]:.1f}" for n in SOME]
+    rank = next(line for line in lines if line.startswith("RANK"))
+    ranks = f.ranking.set_index("image")["rank"]
+    assert rank.split()[-3:] == [str(int(ranks[n])) for n in SOME]
+    assert next(line for line in lines if line.startswith("completeness"))
     slots = next(line for line in lines if line.startswith("slots (* active)"))
     assert "B*=4593.2.5" in slots and "A*=4593.2.0" in slots
     assert "Reference ordering" in out
@@ -157,6 +264,9 @@ def test_compare_writes_charts_and_refuses_bad_requests(tmp_path, capsys):
     assert Image.open(tmp_path / "updates.png").format == "PNG"
     cli(capsys, "compare", *reports, "--output", tmp_path / "default.svg")
     assert (tmp_path / "default.svg").read_text().lstrip().startswith("<?xml")
+    assert "<text" in (tmp_path / "default.svg").read_text()              # editable text
+    cli(capsys, "compare", *reports, "--chart", "partitions", "--output", tmp_path / "parts.pdf")
+    assert (tmp_path / "parts.pdf").read_bytes()[:5] == b"%PDF-"
     assert "needs --output" in cli(capsys, "compare", *reports, "--chart", "spectrum", check_rc=2)[1]
     cli(capsys, "compare", *reports, "--output", tmp_path / "x.gif", check_rc=2)
     (tmp_path / "bad.json").write_text("{not json")
@@ -197,3 +307,15 @@ def test_report_lists_skipped_inputs(tmp_path, capsys):
     _out, err = cli(capsys, "report", folder, "-o", out)
     assert "skipped" in err and "README" in err
     assert "Inputs skipped" in Path(out).read_text()
+
+
+def test_compare_marks_an_incomplete_image(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(incomplete(base_report(), ("/", "/usr"), spec=BROKEN)))
+    out, _err = cli(capsys, "compare", REPORTS / f"{SOME[0]}.json", broken)
+    lines = out.splitlines()
+    comp = next(line for line in lines if line.startswith("completeness "))
+    assert "INCOMPLETE" in comp and comp.split()[1] == "complete"
+    assert "not ranked" in next(line for line in lines if line.startswith("RANK"))
+    assert f"NOT RANKED: {BROKEN}: incomplete: 2 guaranteed facts missing (mount /, mount /usr)" in out
+    assert "Not ranked, so left out of every ranking above (1)" in out

@@ -20,7 +20,8 @@ import yaml
 from report_variants import add_package_manager, base_report, drop_login, set_path_state, variants
 
 from immutools import frames
-from immutools.analysis.rubric import Rubric, RubricError, load_rubric, resolve, rubric_path, sensitivity
+from immutools.analysis.rubric import Rubric, RubricError, load_rubric, resolve, rubric_path
+from immutools.analysis.sensitivity import sensitivity
 
 GENERIC_SECTIONS = {"os", "mounts", "paths", "surface", "update", "integrity"}
 

@@ -1,11 +1,20 @@
-"""Charts of scan reports (matplotlib with the Agg canvas; PNG and SVG).
+"""Charts of scan reports (matplotlib with the Agg canvas; PNG, SVG and PDF).
 
 Every chart function takes a ``Frames`` (``immutools.frames.load(...)``) or anything ``load``
-accepts, and returns a ``Chart``: ``chart.save("x.png" | "x.svg")``, ``chart.svg()`` (text, fonts
-as paths, self-contained), ``chart.png()`` (bytes), ``chart.figure`` (the matplotlib Figure), and
-it shows itself in a notebook.
+accepts, and returns a ``Chart``: ``chart.save("x.png" | "x.svg" | "x.pdf")``, ``chart.svg()``,
+``chart.pdf()``, ``chart.png()`` (bytes), ``chart.figure`` (the matplotlib Figure), and it shows
+itself in a notebook. SVG and PDF keep text as text (``svg.fonttype: none``, TrueType fonts
+embedded in the PDF), so a writer can edit a label in Inkscape or Illustrator and search the PDF;
+``chart.svg(text_as_paths=True)`` draws glyphs as paths for a viewer without the font.
 
-* ``spectrum``   - every image on one 0-100 axis (the overall score), then one row per image.
+Images that cannot be ranked (``immutools.analysis.ranking``: a guaranteed fact missing, or a
+score over fewer rubric dimensions) are never drawn as if they were: their chart label says
+``INCOMPLETE: n facts missing``, the spectrum puts them below the ranked images with hollow,
+hatched markers and the reason, the heatmap hatches their overall cell, and every chart's
+footnote names them.
+
+* ``spectrum``   - every image on one 0-100 axis (the overall score), then one row per image
+                   release (the forms of one image folded), ranked images first with their rank.
 * ``heatmap``    - images x rubric dimensions, the score in each cell.
 * ``partitions`` - one bar per image, partitions to scale: role on top, run-time state below,
                    the active update slot outlined; tiny partitions get call-outs.
@@ -36,7 +45,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from immutools.analysis.loading import AnalysisUsageError
+from immutools.analysis.frames import Frames, load
+from immutools.analysis.loading import AnalysisUsageError, is_known, is_yes
+from immutools.analysis.rubric import load_rubric
 
 CHART_KINDS = ("spectrum", "heatmap", "partitions", "surface", "updates")
 
@@ -48,6 +59,9 @@ OKABE_ITO = {
 # Paul Tol's "light" qualitative scheme (also colour-blind safe), for partition roles: lighter than
 # Okabe-Ito so the two strips of a partition bar never read as one legend.
 TOL_LIGHT = ["#77AADD", "#EE8866", "#EEDD88", "#FFAABB", "#99DDFF", "#44BB99", "#BBCC33", "#AAAA00"]
+# More roles than Tol's light scheme has colours: then colours from Tol's muted and vibrant schemes
+# (also colour-blind safe), each distinct from the light ones; text on the darker ones is white.
+ROLE_COLOURS = TOL_LIGHT + ["#CC6677", "#AA4499", "#4477AA", "#DDAA33", "#EE3377", "#117733", "#882255", "#332288"]
 GREY = "#DDDDDD"
 
 STATE_STYLE = {   # path and partition states: colour, short text, text colour
@@ -74,7 +88,9 @@ RC = {
     "xtick.labelsize": 9,
     "ytick.labelsize": 9,
     "legend.fontsize": 9,
-    "svg.fonttype": "path",        # self-contained SVG: no font needed to view it
+    "svg.fonttype": "none",        # text stays text: editable and searchable (the viewer supplies the font)
+    "pdf.fonttype": 42,            # TrueType embedded: text stays selectable and editable in the PDF
+    "ps.fonttype": 42,
     "svg.hashsalt": "immutools",   # reproducible SVG ids
     "text.parse_math": False,      # names from images may contain '$'
     "text.usetex": False,
@@ -85,6 +101,11 @@ RC = {
 }
 
 
+CHART_FORMATS = ("png", "svg", "pdf")
+# Reproducible files: no creation date in SVG or PDF metadata.
+_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None, "ModDate": None}, "png": None}
+
+
 @dataclass
 class Chart:
     kind: str
@@ -93,11 +114,10 @@ class Chart:
     def save(self, path) -> str:
         path = str(path)
         fmt = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-        if fmt not in ("png", "svg"):
-            raise AnalysisUsageError(f"{path}: charts are written as .png or .svg")
+        if fmt not in CHART_FORMATS:
+            raise AnalysisUsageError(f"{path}: charts are written as .png, .svg or .pdf")
         with mpl.rc_context(RC):
-            self.figure.savefig(path, format=fmt, bbox_inches="tight", facecolor="white",
-                                metadata={"Date": None} if fmt == "svg" else None)
+            self.figure.savefig(path, format=fmt, bbox_inches="tight", facecolor="white", metadata=_METADATA[fmt])
         return path
 
     def png(self, dpi: int = 150) -> bytes:
@@ -106,12 +126,20 @@ class Chart:
             self.figure.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
         return buf.getvalue()
 
-    def svg(self, text_as_paths: bool = True) -> str:
-        """The chart as SVG text. ``text_as_paths=False`` keeps text as <text> elements (searchable,
-        but then the viewer needs the font)."""
+    def pdf(self) -> bytes:
+        """The chart as a one-page PDF, text kept as text (TrueType fonts embedded)."""
+        buf = io.BytesIO()
+        with mpl.rc_context(RC):
+            self.figure.savefig(buf, format="pdf", bbox_inches="tight", facecolor="white", metadata=_METADATA["pdf"])
+        return buf.getvalue()
+
+    def svg(self, text_as_paths: bool = False) -> str:
+        """The chart as SVG text. Text is kept as ``<text>`` elements (editable, searchable; the
+        viewer supplies the font, DejaVu Sans); ``text_as_paths=True`` draws the glyphs as paths
+        instead (self-contained, not editable)."""
         buf = io.StringIO()
-        with mpl.rc_context(dict(RC, **({} if text_as_paths else {"svg.fonttype": "none"}))):
-            self.figure.savefig(buf, format="svg", bbox_inches="tight", facecolor="white", metadata={"Date": None})
+        with mpl.rc_context(dict(RC, **({"svg.fonttype": "path"} if text_as_paths else {}))):
+            self.figure.savefig(buf, format="svg", bbox_inches="tight", facecolor="white", metadata=_METADATA["svg"])
         return buf.getvalue()
 
     def _repr_png_(self) -> bytes:
@@ -145,8 +173,6 @@ def make(kind: str, data, rubric=None) -> Chart:
 # ------------------------------------------------------------------------------------------------
 
 def _frames(data, rubric=None):
-    from immutools.analysis.frames import Frames, load
-
     if isinstance(data, Frames):
         if rubric is not None and data.rubric is not rubric:
             return Frames(data.reports, data.warnings, rubric)
@@ -167,6 +193,11 @@ def _footnote(fig: Figure, frames, extra: str | None = None) -> None:
         notes.append(extra)
     if bool(frames.images["replica"].fillna(False).any()):
         notes.append(REPLICA_NOTE)
+    incomplete = frames.images[frames.images["completeness"] == "incomplete"]
+    if len(incomplete):
+        notes.append("INCOMPLETE = the report lacks facts its distribution's documentation guarantees: "
+                     + "; ".join(f"{r.image}: {', '.join(r.missing_facts)} missing" for r in incomplete.itertuples())
+                     + ". Such an image is not ranked.")
     if notes:
         fig.text(0.01, 0.0, "\n".join(textwrap.fill(n, 150) for n in notes), ha="left", va="top", fontsize=8,
                  color="#333333")
@@ -178,22 +209,19 @@ def _image_rows(frames) -> list[dict]:
 
 
 def _families(frames, rubric=None) -> dict[str, str]:
-    """image id -> family name: the rubric's reference family, else the OS id."""
-    from immutools.analysis.rubric import load_rubric
-
+    """image id -> family name: the rubric's reference family, else the distribution's name."""
+    names = dict(zip(frames.images["image"], frames.images["distribution"]))
     rubric = rubric or frames.rubric or load_rubric()
     out = {}
     for entry in frames.reports:
         fam = rubric.family_of(entry.report)
         if fam is None:
-            fam = str((entry.report.get("os") or {}).get("id") or "unknown")
+            fam = str(names.get(entry.image_id) or "unknown")
         out[entry.image_id] = fam
     return out
 
 
 def _family_styles(families: dict[str, str], rubric=None) -> dict[str, tuple[str, str]]:
-    from immutools.analysis.rubric import load_rubric
-
     rubric = rubric or load_rubric()
     order = [f.name for f in rubric.families]
     names = sorted(set(families.values()), key=lambda f: (order.index(f) if f in order else len(order), f))
@@ -206,7 +234,8 @@ def _short(text, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _human(n) -> str:
+def human_size(n) -> str:
+    """Bytes as ``512 MiB``, ``2.1 GiB``; ``?`` when unknown."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
         return "?"
     n = float(n)
@@ -229,18 +258,7 @@ def _text_width(fig: Figure, ax, text: str, fontsize: float) -> float:
     return abs(x1 - x0)
 
 
-def _known(value) -> bool:
-    """Not None/NaN/NA (pandas hands missing values over in several forms)."""
-    if value is None:
-        return False
-    try:
-        return not bool(value != value)
-    except TypeError:      # pandas.NA refuses bool()
-        return False
-
-
-def _yes(value) -> bool:
-    return _known(value) and bool(value)
+_known, _yes = is_known, is_yes
 
 
 def _luminance(hex_colour: str) -> float:
@@ -257,27 +275,76 @@ def _require_images(frames) -> None:
 # spectrum
 # ------------------------------------------------------------------------------------------------
 
+def spectrum_rows(frames) -> list[dict]:
+    """The spectrum's rows: one per image release, the forms of one image folded into one row.
+
+    Images sharing a ``base_image`` (the same image read as raw, qcow2, lz4, ...) and the same
+    score and standing become one row listing their forms; a form that scores differently keeps
+    its own row. Ranked rows first (by rank, then name), then the rows that are not ranked.
+    Each row: ``images`` (ids), ``base``, ``forms``, ``score``, ``ranked``, ``rank``, ``marker``,
+    ``label`` (image, forms), ``detail`` (distribution, version, arch, replica, incomplete)."""
+    ranking = frames.ranking.set_index("image")
+    info = frames.images.set_index("image")
+    groups: dict[tuple, dict] = {}
+    for image in frames.images["image"]:
+        r, i = ranking.loc[image], info.loc[image]
+        score = float(r["score"])
+        key = (i["base_image"], round(score, 6) if not math.isnan(score) else None, bool(r["ranked"]), r["marker"])
+        row = groups.setdefault(key, {
+            "images": [], "base": i["base_image"], "forms": [], "score": score, "ranked": bool(r["ranked"]),
+            "rank": int(r["rank"]) if _known(r["rank"]) else None, "marker": r["marker"] if _known(r["marker"]) else "",
+            "note": r["note"] if _known(r["note"]) else "",
+            "detail": " ".join(str(x) for x in (i["distribution"], i["os_version"], i["arch"]) if _known(x))
+                      + (" · replica" if _yes(i["replica"]) else "")
+                      + (f" · INCOMPLETE: {i['facts_missing']} fact{'s' if i['facts_missing'] != 1 else ''} missing"
+                         if i["completeness"] == "incomplete" else ""),
+        })
+        row["images"].append(image)
+        if i["form"] not in row["forms"]:
+            row["forms"].append(str(i["form"]))
+    rows = list(groups.values())
+    for row in rows:
+        forms = row["forms"]
+        row["label"] = row["base"] + ("" if forms == ["raw"] else f" [{', '.join(forms)}]")
+    ranked = sorted((r for r in rows if r["ranked"]), key=lambda r: (r["rank"], r["label"]))
+    others = sorted((r for r in rows if not r["ranked"]),
+                    key=lambda r: (math.isnan(r["score"]), -(r["score"] if not math.isnan(r["score"]) else 0), r["label"]))
+    return ranked + others
+
+
+def _family_label(name: str, members: list[str]) -> str:
+    """Legend text: the distributions' own names; the rubric's family name added when it differs."""
+    names = list(dict.fromkeys(members))
+    text = " / ".join(names)
+    return text if name.lower() in text.lower() else f"{text} ({name})"
+
+
 @_styled
 def spectrum(data, rubric=None) -> Chart:
-    """Every image on one 0-100 axis (top strip), then one row per image, most immutable on top."""
+    """Every image on one 0-100 axis (top strip), then one row per image release, ranked first.
+
+    The strip and the rows share one x axis (same position, same scale: a score sits at the
+    same horizontal place in both). Ranked images are drawn solid, with their rank; images
+    that are not ranked (incomplete, or scored on fewer dimensions) are drawn hollow and
+    hatched below a divider, with the reason, and never get a rank. Forms of one image (raw,
+    qcow2, lz4...) are one row naming the forms. The legend names each family as its
+    distributions spell themselves."""
     frames = _frames(data, rubric)
     _require_images(frames)
-    scores = frames.scores
-    overall = scores[scores["dimension"] == "overall"].set_index("image")
-    dims = scores[scores["dimension"] != "overall"]
-    n_dims = dims["dimension"].nunique()
-    scored = dims.dropna(subset=["score"]).groupby("image", observed=True).size()
+    rows = spectrum_rows(frames)
     families = _families(frames, rubric)
     styles = _family_styles(families, rubric or frames.rubric)
-    rows = _image_rows(frames)
-    order = sorted(rows, key=lambda r: (-(overall.loc[r["image"], "score"] if not math.isnan(overall.loc[r["image"], "score"]) else -1), r["image"]))
-    n = len(order)
-    fig = _new_figure(12, 2.2 + 0.34 * n)
-    strip_h = 1.0
-    total_h = 2.2 + 0.34 * n
-    top = 1 - 0.55 / total_h
-    strip = fig.add_axes((0.38, top - strip_h / total_h, 0.56, strip_h / total_h * 0.55))
-    rowax = fig.add_axes((0.38, 0.55 / total_h, 0.56, top - strip_h / total_h - 0.95 / total_h))
+    dist = dict(zip(frames.images["image"], frames.images["distribution"]))
+    n_ranked = sum(r["ranked"] for r in rows)
+    n_others = len(rows) - n_ranked
+    row_h, strip_in, top_in, bottom_in = 0.36, 0.75, 0.75, 0.7
+    gap_rows = 1.2 if (n_others and n_ranked) else 0.0          # room for the "not ranked" divider
+    body_in = row_h * (len(rows) + gap_rows)
+    fig_h = top_in + strip_in + 0.35 + body_in + bottom_in
+    fig = _new_figure(12, fig_h)
+    left, width = 0.40, 0.44
+    strip = fig.add_axes((left, 1 - (top_in + strip_in) / fig_h, width, strip_in / fig_h))
+    rowax = fig.add_axes((left, bottom_in / fig_h, width, body_in / fig_h), sharex=strip)
 
     # --- the strip: all images on one axis --------------------------------------------------
     strip.set_xlim(-2, 102)
@@ -286,46 +353,81 @@ def spectrum(data, rubric=None) -> Chart:
     for spine in ("left", "top", "right"):
         strip.spines[spine].set_visible(False)
     strip.set_yticks([])
-    strip.set_xticks(range(0, 101, 10))
-    strip.tick_params(axis="x", labelsize=8)
-    strip.set_title("Immutability spectrum: overall score of every image on one axis", loc="left", pad=12)
-    strip.text(0, 0.45, "← more mutable", ha="left", va="bottom", fontsize=8.5, color="#333333")
-    strip.text(100, 0.45, "more immutable →", ha="right", va="bottom", fontsize=8.5, color="#333333")
+    strip.tick_params(axis="x", labelsize=8, labelbottom=True)
+    strip.set_title("Immutability spectrum: overall score of every image on one axis", loc="left", pad=14)
+    strip.text(0, 0.5, "← more mutable", ha="left", va="bottom", fontsize=8.5, color="#333333")
+    strip.text(100, 0.5, "more immutable →", ha="right", va="bottom", fontsize=8.5, color="#333333")
     for r in rows:
-        s = overall.loc[r["image"], "score"]
-        if math.isnan(s):
+        if math.isnan(r["score"]):
             continue
-        colour, marker = styles[families[r["image"]]]
-        strip.scatter([s], [0], s=90, marker=marker, facecolor=colour, edgecolor="black", linewidth=0.6, zorder=3, alpha=0.85)
+        colour, marker = styles[families[r["images"][0]]]
+        if r["ranked"]:
+            strip.scatter([r["score"]], [0], s=90, marker=marker, facecolor=colour, edgecolor="black", linewidth=0.6,
+                          zorder=3, alpha=0.85)
+        else:
+            strip.scatter([r["score"]], [0], s=90, marker=marker, facecolor="white", edgecolor=colour, linewidth=1.4,
+                          hatch="////", zorder=3)
 
-    # --- one row per image -------------------------------------------------------------------
-    rowax.set_xlim(-2, 102)
-    rowax.set_ylim(n - 0.5, -0.5)
+    # --- one row per image release --------------------------------------------------------------
+    y_of = {}
+    y = 0.0
+    for k, r in enumerate(rows):
+        if k == n_ranked and n_ranked and n_others:
+            y += gap_rows
+        y_of[k] = y
+        y += 1
+    total = max(y, 1)
+    rowax.set_ylim(total - 0.5, -0.5)
     rowax.set_xticks(range(0, 101, 10))
+    strip.set_xticks(range(0, 101, 10))
     rowax.grid(axis="x", color="#E5E5E5", lw=0.8)
     rowax.set_axisbelow(True)
-    labels = []
-    for i, r in enumerate(order):
-        s = overall.loc[r["image"], "score"]
-        colour, marker = styles[families[r["image"]]]
-        labels.append(r["label"])
+    for k, r in enumerate(rows):
+        yy, s = y_of[k], r["score"]
+        colour, marker = styles[families[r["images"][0]]]
         if math.isnan(s):
-            rowax.text(1, i, "not scored (no dimension could be scored)", va="center", fontsize=8.5, color="#555555")
+            rowax.text(1, yy, "not scored: no rubric dimension could be scored", va="center", fontsize=8.5, color="#555555")
             continue
-        rowax.plot([0, s], [i, i], color=colour, lw=1.4, alpha=0.6, zorder=2)
-        rowax.scatter([s], [i], s=60, marker=marker, facecolor=colour, edgecolor="black", linewidth=0.6, zorder=3)
-        note = f"{s:.1f}"
-        k = int(scored.get(r["image"], 0))
-        if k < n_dims:
-            note += f"  ({k}/{n_dims} dimensions)"
-        rowax.text(s + 1.5, i, note, va="center", fontsize=8.5)
-    rowax.set_yticks(range(n))
-    rowax.set_yticklabels([_short(lbl, 90) for lbl in labels], fontsize=8.5)
+        if r["ranked"]:
+            rowax.plot([0, s], [yy, yy], color=colour, lw=1.4, alpha=0.6, zorder=2)
+            rowax.scatter([s], [yy], s=60, marker=marker, facecolor=colour, edgecolor="black", linewidth=0.6, zorder=3)
+            note = f"{s:.1f}   rank {r['rank']}" + (f" ({r['marker']})" if r["marker"] else "")
+            rowax.text(s + 1.5, yy, note, va="center", fontsize=8.5)
+        else:
+            rowax.plot([0, s], [yy, yy], color=colour, lw=1.2, alpha=0.5, linestyle=(0, (2, 2)), zorder=2)
+            rowax.scatter([s], [yy], s=60, marker=marker, facecolor="white", edgecolor=colour, linewidth=1.4,
+                          hatch="////", zorder=3)
+            # The reason goes where there is room: right of the marker, or left of it near 100.
+            text = f"{s:.1f}   not ranked: {r['marker']}"
+            right = s < 55
+            rowax.text(s + 1.5 if right else s - 1.5, yy, text, va="center", ha="left" if right else "right",
+                       fontsize=8.5, color="#8a1c00", fontstyle="italic",
+                       bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85})
+    if n_ranked and n_others:
+        yd = y_of[n_ranked] - gap_rows / 2 - 0.25
+        rowax.axhline(yd, color="#8a1c00", lw=0.9, linestyle=(0, (4, 2)))
+        rowax.text(-1, yd + 0.15, "NOT RANKED: incomplete, or scored on fewer rubric dimensions (score shown for "
+                   "reference only)", va="top", ha="left", fontsize=8.5, color="#8a1c00", fontweight="bold")
+    rowax.set_yticks([y_of[k] for k in range(len(rows))])
+    rowax.set_yticklabels([f"{r['label']}\n{r['detail']}" for r in rows], fontsize=8)
+    for k, tick in enumerate(rowax.get_yticklabels()):
+        if not rows[k]["ranked"]:
+            tick.set_color("#8a1c00")
+    rowax.tick_params(axis="y", length=0)
     rowax.set_xlabel("overall score (0 = mutable, 100 = immutable): weighted mean of the rubric dimensions")
-    handles = [Line2D([], [], marker=m, linestyle="", markerfacecolor=c, markeredgecolor="black", markersize=8, label=name)
-               for name, (c, m) in styles.items()]
-    strip.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.6), frameon=False, title="family", fontsize=8.5)
-    _footnote(fig, frames, "Scores from data/rubric.yaml; see the heatmap for each dimension and the scores frame for the evidence.")
+    members: dict[str, list[str]] = {}
+    for image, fam in families.items():
+        members.setdefault(fam, []).append(str(dist.get(image) or fam))
+    handles = [Line2D([], [], marker=m, linestyle="", markerfacecolor=c, markeredgecolor="black", markersize=8,
+                      label=_family_label(name, members.get(name, [name]))) for name, (c, m) in styles.items()]
+    if n_others:
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#555555",
+                              markersize=8, label="hollow = not ranked"))
+    strip.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.25), frameon=False, title="distribution",
+                 fontsize=8.5, alignment="left")
+    _footnote(fig, frames, "Scores from the rubric (data/rubric.yaml); see the heatmap for each dimension and the scores "
+                           "frame for the evidence. Rank: 1 = most immutable among the ranked images; equal scores share "
+                           "a rank. Forms of one image (raw, qcow2, lz4, ...) share a row.")
     return Chart("spectrum", fig)
 
 
@@ -344,6 +446,7 @@ def heatmap(data, rubric=None) -> Chart:
     weights = scores[scores["dimension"] != "overall"].drop_duplicates("dimension").set_index("dimension")["weight"].to_dict()
     table = scores.pivot_table(index="image", columns="dimension", values="score", observed=False, dropna=False, aggfunc="first")
     rows = _image_rows(frames)
+    ranked = dict(zip(frames.ranking["image"], frames.ranking["ranked"].fillna(False).astype(bool)))
     cols = dims + ["overall"]
     n, m = len(rows), len(cols)
     top_in, bottom_in, cell_h = 1.25, 0.95, 0.46
@@ -362,6 +465,13 @@ def heatmap(data, rubric=None) -> Chart:
             colour = cmap(value / 100)
             ax.add_patch(Rectangle((x, i), 1, 1, facecolor=colour, edgecolor="white", lw=1.5))
             lum = 0.2126 * colour[0] + 0.7152 * colour[1] + 0.0722 * colour[2]
+            if d == "overall" and not ranked.get(r["image"], True):
+                # Not ranked: the overall number is shown faded behind a hatch, with the reason's tag.
+                ax.add_patch(Rectangle((x, i), 1, 1, facecolor="white", alpha=0.55, edgecolor="none"))
+                ax.add_patch(Rectangle((x, i), 1, 1, facecolor="none", edgecolor="#8a1c00", hatch="////", lw=1.2))
+                ax.text(x + 0.5, i + 0.5, f"{value:.0f}\nnot ranked", ha="center", va="center", fontsize=7.5,
+                        color="#8a1c00", fontweight="bold", linespacing=1.0)
+                continue
             ax.text(x + 0.5, i + 0.5, f"{value:.0f}", ha="center", va="center", fontsize=9.5,
                     fontweight="bold" if d == "overall" else "normal", color="black" if lum > 0.5 else "white")
     ax.set_xlim(0, m + 0.25)
@@ -379,7 +489,8 @@ def heatmap(data, rubric=None) -> Chart:
     sm = ScalarMappable(norm=Normalize(0, 100), cmap=cmap)
     cax = fig.add_axes((0.30, 0.5 / fig_h, 0.3, 0.14 / fig_h))
     cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
-    cb.set_label("score (cividis scale); hatched n/a = the report lacks the facts", fontsize=8)
+    cb.set_label("score (cividis scale); hatched n/a = the report lacks the facts; "
+                 "hatched overall = not ranked (incomplete or scored on fewer dimensions)", fontsize=8)
     cb.ax.tick_params(labelsize=8)
     _footnote(fig, frames, None)
     return Chart("heatmap", fig)
@@ -390,17 +501,19 @@ def heatmap(data, rubric=None) -> Chart:
 # ------------------------------------------------------------------------------------------------
 
 ROLE_HATCHES = ("", "...", "xxx")
+PAGE_WIDTH_IN = 10.0
 
 
 def _role_styles(roles) -> dict[str, tuple[str, str]]:
-    """role -> (colour, hatch): Tol's light colours, then the same colours hatched."""
+    """role -> (colour, hatch): a distinct colour per role present (``ROLE_COLOURS``, in
+    ``ROLE_ORDER``); only past 16 roles do colours repeat, and then hatched."""
     ordered = [r for r in ROLE_ORDER if r in roles] + sorted(r for r in roles if r not in ROLE_ORDER)
     out, i = {}, 0
     for role in ordered:
         if role in ("unknown", "empty"):
             out[role] = (GREY, "")
             continue
-        out[role] = (TOL_LIGHT[i % len(TOL_LIGHT)], ROLE_HATCHES[(i // len(TOL_LIGHT)) % len(ROLE_HATCHES)])
+        out[role] = (ROLE_COLOURS[i % len(ROLE_COLOURS)], ROLE_HATCHES[(i // len(ROLE_COLOURS)) % len(ROLE_HATCHES)])
         i += 1
     return out
 
@@ -462,9 +575,11 @@ def partitions(data, scale: str = "auto") -> Chart:
     axis_max = (max(known) / gib if known else 1) if scale == "absolute" else 100.0
     roles = sorted({str(r) for r in parts["role"].dropna().unique()} | ({"unknown"} if parts["role"].isna().any() else set()))
     role_style = _role_styles(roles)
-    label_fs = 8
-    bar_h, role_h, state_h, level_h = 0.54, 0.34, 0.2, 0.2
-    width_in, left = 11.0, 0.20
+    # Page-sized: 10 in wide (the text width of a landscape A4/Letter page); rows as low as the
+    # 7-point labels allow, so five images fit one page and twenty a portrait page or two.
+    label_fs = 7
+    bar_h, role_h, state_h, level_h = 0.40, 0.26, 0.14, 0.15
+    width_in, left = PAGE_WIDTH_IN, 0.22
     fig = _new_figure(width_in, 4)
     measure_ax = fig.add_axes((left, 0.1, 0.78, 0.8))
     measure_ax.set_xlim(0, axis_max * 1.001)
@@ -485,7 +600,7 @@ def partitions(data, scale: str = "auto") -> Chart:
                 continue
             x, w = float(p.start) * unit, max(float(p.size) * unit, min_w)
             name = f"{p.number} {p.label}" if _known(p.label) else f"{p.number}"
-            full = f"{name}: {_human(p.size)}"
+            full = f"{name}: {human_size(p.size)}"
             if text_w(full) < w * 0.95:
                 inline = full
             elif text_w(name) < w * 0.95:
@@ -502,9 +617,9 @@ def partitions(data, scale: str = "auto") -> Chart:
         layout.append((r, grp, disk, unit, segs, callouts, placed, n_levels))
     measure_ax.remove()
 
-    heights = [0.25 + level_h * n_levels + bar_h + 0.42 for *_rest, n_levels in layout]
+    heights = [0.12 + level_h * n_levels + bar_h + 0.3 for *_rest, n_levels in layout]
     body = sum(heights)
-    top_in, bottom_in = 0.55, 2.0
+    top_in, bottom_in = 0.45, 1.95
     fig_h = top_in + body + bottom_in
     fig.set_size_inches(width_in, fig_h)
     ax = fig.add_axes((left, bottom_in / fig_h, 0.78, body / fig_h))
@@ -512,7 +627,7 @@ def partitions(data, scale: str = "auto") -> Chart:
     ax.set_ylim(body, 0)
     ticks, y_cursor = [], 0.0
     for (r, grp, disk, unit, segs, callouts, placed, n_levels), height in zip(layout, heights):
-        y0 = y_cursor + 0.25 + level_h * n_levels      # top of the bar
+        y0 = y_cursor + 0.12 + level_h * n_levels      # top of the bar
         ticks.append(y0 + bar_h / 2)
         ax.add_patch(Rectangle((0, y0), disk * unit, bar_h, facecolor="none", edgecolor="#999999", lw=0.6, zorder=1))
         covered = 0.0
@@ -538,7 +653,8 @@ def partitions(data, scale: str = "auto") -> Chart:
                 lo, hi, active = slot_spans.get(str(p.slot), (x, x + w, _yes(p.slot_active)))
                 slot_spans[str(p.slot)] = (min(lo, x), max(hi, x + w), active)
             if inline:
-                ax.text(x + w / 2, y0 + role_h / 2, inline, ha="center", va="center", fontsize=label_fs, zorder=5, clip_on=True)
+                ax.text(x + w / 2, y0 + role_h / 2, inline, ha="center", va="center", fontsize=label_fs, zorder=5,
+                        clip_on=True, color="white" if _luminance(r_colour) < 0.35 else "black")
         for slot, (lo, hi, active) in slot_spans.items():
             if active:
                 members = [(x, w) for p, x, w, _i in segs if _known(p.slot) and str(p.slot) == slot]
@@ -547,21 +663,21 @@ def partitions(data, scale: str = "auto") -> Chart:
                 contiguous = not any(x < hi - 1e-9 and x + w > lo + 1e-9 for x, w in others)
                 for x, w in ([(lo, hi - lo)] if contiguous else members):
                     ax.add_patch(Rectangle((x, y0), w, bar_h, facecolor="none", edgecolor="black", lw=2.2, zorder=4))
-                ax.text((lo + hi) / 2, y0 + bar_h + 0.04, f"▲ active slot {_short(slot, 40)}", ha="center", va="top",
-                        fontsize=7.5, fontweight="bold", zorder=5)
+                ax.text((lo + hi) / 2, y0 + bar_h + 0.03, f"▲ active slot {slot}", ha="center", va="top",
+                        fontsize=7, fontweight="bold", zorder=5)
             else:
-                ax.text((lo + hi) / 2, y0 + bar_h + 0.04, f"slot {_short(slot, 40)}", ha="center", va="top",
-                        fontsize=7.5, color="#333333", zorder=5)
+                ax.text((lo + hi) / 2, y0 + bar_h + 0.03, f"slot {slot}", ha="center", va="top",
+                        fontsize=7, color="#333333", zorder=5)
         for cx, x, level, text, align in placed:
             ly = y0 - 0.05 - level_h * level
             ax.plot([cx, cx], [y0, ly], color="#444444", lw=0.7, zorder=6, solid_capstyle="butt")
             ax.text(cx if align == "right" else x, ly, text, fontsize=label_fs, ha=align, va="bottom", zorder=7,
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.4, "alpha": 0.9})
-        ax.text(disk * unit + axis_max * 0.003, y0 + bar_h / 2, _human(disk), va="center", fontsize=7.5, color="#333333",
+        ax.text(disk * unit + axis_max * 0.003, y0 + bar_h / 2, human_size(disk), va="center", fontsize=7, color="#333333",
                 clip_on=False)
         y_cursor += height
     ax.set_yticks(ticks)
-    ax.set_yticklabels([lay[0]["chart_label"] for lay in layout], fontsize=8)
+    ax.set_yticklabels([lay[0]["chart_label"] for lay in layout], fontsize=7.5)
     ax.tick_params(axis="y", length=0)
     ax.spines["left"].set_visible(False)
     ax.set_xlabel("disk offset (GiB, all images on one scale)" if scale == "absolute" else "disk offset (% of each disk)")
@@ -573,7 +689,7 @@ def partitions(data, scale: str = "auto") -> Chart:
     state_handles.append(Patch(facecolor="none", edgecolor="black", lw=2.2, label="active update slot"))
     state_handles.append(Patch(facecolor="white", edgecolor="#999999", hatch="....", label="unpartitioned"))
     leg1 = fig.legend(handles=role_handles, title="role (partition type)", loc="upper left",
-                      bbox_to_anchor=(left, 1.45 / fig_h), ncol=min(len(role_handles), 8), frameon=False, fontsize=8)
+                      bbox_to_anchor=(left, 1.5 / fig_h), ncol=min(len(role_handles), 8), frameon=False, fontsize=8)
     fig.legend(handles=state_handles, title="run-time state", loc="upper left",
                bbox_to_anchor=(left, 0.75 / fig_h), ncol=min(len(state_handles), 8), frameon=False, fontsize=8)
     fig.add_artist(leg1)
@@ -636,46 +752,34 @@ def surface(data) -> Chart:
 
 @_styled
 def updates(data) -> Chart:
-    """One row per image: its update slots side by side, then mechanism, agent and rollback."""
+    """One row per image: its update slots side by side, then mechanism, agent and rollback.
+
+    Nothing is cut short: long slot names, versions and rollback descriptions wrap, the slot
+    boxes are as wide as their widest line, and each row is as tall as its longest text."""
     frames = _frames(data)
     _require_images(frames)
     rows = _image_rows(frames)
     slots = frames.update_slots
-    max_slots = max([len(slots[slots["image"] == r["image"]]) for r in rows] + [1])
-    n = len(rows)
-    row_h = 0.95
-    top_in, bottom_in, left_in = 0.75, 0.35, 2.3
-    fig_h = top_in + bottom_in + row_h * n
-    slot_w, gap = 1.6, 0.12
-    text_x = max_slots * (slot_w + gap) + 0.15
-    roll_x = text_x + 2.75
-    width_units = roll_x + 3.3
-    fig_w = left_in + width_units + 0.2
-    fig = _new_figure(fig_w, fig_h)
-    ax = fig.add_axes((left_in / fig_w, bottom_in / fig_h, width_units / fig_w, row_h * n / fig_h))
-    ax.set_xlim(0, width_units)
-    ax.set_ylim(n * row_h, 0)
-    ax.axis("off")
-    header_y = -0.02
-    ax.text(0, header_y, "update slots (active outlined)", fontsize=8.5, fontweight="bold", va="bottom")
-    ax.text(text_x, header_y, "mechanism · agent · channel", fontsize=8.5, fontweight="bold", va="bottom")
-    ax.text(roll_x, header_y, "rollback", fontsize=8.5, fontweight="bold", va="bottom")
-    for i, r in enumerate(rows):
-        y = i * row_h + 0.1
-        h = row_h * 0.78
-        ax.text(-0.15, y + h / 2, r["chart_label"], ha="right", va="center", fontsize=8)
+    line_in = 0.15                                   # one 8-point line, in inches (= data units here)
+    fig = _new_figure(10, 4)
+    probe = fig.add_axes((0, 0, 1, 1))
+    probe.set_xlim(0, 10)
+
+    def width(text, size=8, weight="normal") -> float:
+        renderer = fig.canvas.get_renderer()
+        t = probe.text(0, 0, text, fontsize=size, fontweight=weight)
+        w = t.get_window_extent(renderer=renderer).width / fig.dpi
+        t.remove()
+        return w
+
+    per_image = []
+    for r in rows:
         grp = slots[slots["image"] == r["image"]]
-        if grp.empty:
-            ax.text(0.05, y + h / 2, "no update slots reported", va="center", fontsize=8, color="#555555")
-        for k, s in enumerate(grp.itertuples(index=False)):
-            x = k * (slot_w + gap)
+        boxes = []
+        for s in grp.itertuples(index=False):
             active = _yes(s.active)
-            face = OKABE_ITO["blue"] if active else "white"
-            fg = "white" if active else "black"
-            ax.add_patch(Rectangle((x, y), slot_w, h, facecolor=face, edgecolor="black", lw=2.2 if active else 0.8,
-                                   linestyle="-" if active else (0, (3, 2))))
-            head = f"{'▶ ' if active else ''}slot {_short(s.slot, 16)}"
-            version = s.version if _known(s.version) else "empty / unknown"
+            head = textwrap.fill(f"{'▶ ' if active else ''}slot {s.slot}", 30, break_long_words=True)
+            version = textwrap.fill(str(s.version) if _known(s.version) else "empty / unknown", 30, break_long_words=True)
             bits = [f"part {s.partitions}"] if _known(s.partitions) else []
             if _known(s.priority):
                 bits.append(f"prio {s.priority}")
@@ -683,25 +787,79 @@ def updates(data) -> Chart:
                 bits.append(f"tries {s.tries}")
             if _known(s.successful):
                 bits.append("ok" if s.successful else "not ok")
-            ax.text(x + 0.08, y + 0.2 * h, head, fontsize=8, fontweight="bold", color=fg, va="center")
-            ax.text(x + 0.08, y + 0.5 * h, _short(version, 22), fontsize=8, color=fg, va="center")
-            ax.text(x + 0.08, y + 0.8 * h, _short(", ".join(bits), 30), fontsize=7, color=fg, va="center")
+            detail = textwrap.fill(", ".join(bits), 30, break_long_words=True)
+            boxes.append((s, active, head, version, detail))
         mech = " · ".join(str(v) for v in (r["update_mechanism"], r["update_agent"], r["update_channel"])
                           if _known(v)) or "unknown"
-        ax.text(text_x, y + 0.3 * h, textwrap.fill(_short(mech, 80), 40), fontsize=8, va="center")
         extra = []
         if _known(r["update_reboot_manager"]):
             extra.append(f"reboots: {r['update_reboot_manager']}")
         if _known(r["active_slot"]):
             extra.append(f"active slot: {r['active_slot']}")
-        ax.text(text_x, y + 0.7 * h, " · ".join(extra), fontsize=7.5, va="center", color="#333333")
-        rollback = r["update_rollback"] if _known(r["update_rollback"]) else "not reported"
-        ax.text(roll_x, y + h / 2, textwrap.fill(_short(rollback, 150), 52, break_on_hyphens=False), fontsize=7.5, va="center")
-        if i < n - 1:
-            ax.axhline(i * row_h + row_h + 0.02, color="#E0E0E0", lw=0.8)
+        mech_text = textwrap.fill(mech, 38, break_long_words=True, break_on_hyphens=False)
+        extra_text = textwrap.fill(" · ".join(extra), 44, break_long_words=True)
+        rollback = textwrap.fill(str(r["update_rollback"]) if _known(r["update_rollback"]) else "not reported", 54,
+                                 break_on_hyphens=False, break_long_words=True)
+        per_image.append((r, boxes, mech_text, extra_text, rollback))
+
+    slot_w = max([1.5] + [max(width(h, 8, "bold"), width(v), width(d, 7)) + 0.2
+                          for _r, boxes, *_x in per_image for _s, _a, h, v, d in boxes])
+    mech_w = max([2.4] + [max(width(m), width(e, 7.5)) + 0.25 for _r, _b, m, e, _rb in per_image])
+    max_slots = max([len(boxes) for _r, boxes, *_x in per_image] + [1])
+    gap = 0.12
+    text_x = max_slots * (slot_w + gap) + 0.15
+    roll_x = text_x + mech_w
+    roll_w = max([2.5] + [width(rb, 7.5) + 0.1 for *_x, rb in per_image])
+    width_units = roll_x + roll_w
+    label_w = max([1.5] + [width(r["chart_label"]) + 0.25 for r, *_x in per_image])
+
+    def lines(text) -> int:
+        return text.count("\n") + 1 if text else 0
+
+    heights = []
+    for _r, boxes, mech_text, extra_text, rollback in per_image:
+        box_lines = max([lines(h) + lines(v) + lines(d) for _s, _a, h, v, d in boxes] + [3])
+        heights.append(max(0.95, line_in * max(box_lines, lines(mech_text) + lines(extra_text) + 0.5,
+                                               lines(rollback)) + 0.35))
+    probe.remove()
+    top_in, bottom_in = 0.75, 0.6
+    body = sum(heights)
+    fig_w = label_w + width_units + 0.3
+    fig_h = top_in + bottom_in + body
+    fig.set_size_inches(fig_w, fig_h)
+    ax = fig.add_axes((label_w / fig_w, bottom_in / fig_h, width_units / fig_w, body / fig_h))
+    ax.set_xlim(0, width_units)
+    ax.set_ylim(body, 0)
+    ax.axis("off")
+    header_y = -0.02
+    ax.text(0, header_y, "update slots (active outlined)", fontsize=8.5, fontweight="bold", va="bottom")
+    ax.text(text_x, header_y, "mechanism · agent · channel", fontsize=8.5, fontweight="bold", va="bottom")
+    ax.text(roll_x, header_y, "rollback", fontsize=8.5, fontweight="bold", va="bottom")
+    y = 0.0
+    for i, ((r, boxes, mech_text, extra_text, rollback), row_h) in enumerate(zip(per_image, heights)):
+        top, h = y + 0.1, row_h - 0.2
+        ax.text(-0.15, top + h / 2, r["chart_label"], ha="right", va="center", fontsize=8)
+        if not boxes:
+            ax.text(0.05, top + h / 2, "no update slots reported", va="center", fontsize=8, color="#555555")
+        for k, (s, active, head, version, detail) in enumerate(boxes):
+            x = k * (slot_w + gap)
+            face, fg = (OKABE_ITO["blue"], "white") if active else ("white", "black")
+            ax.add_patch(Rectangle((x, top), slot_w, h, facecolor=face, edgecolor="black", lw=2.2 if active else 0.8,
+                                   linestyle="-" if active else (0, (3, 2))))
+            ty = top + 0.08
+            for text, size, weight in ((head, 8, "bold"), (version, 8, "normal"), (detail, 7, "normal")):
+                ax.text(x + 0.1, ty, text, fontsize=size, fontweight=weight, color=fg, va="top", linespacing=1.15)
+                ty += line_in * lines(text) + 0.04
+        ax.text(text_x, top + 0.05, mech_text, fontsize=8, va="top", linespacing=1.15)
+        ax.text(text_x, top + 0.05 + line_in * lines(mech_text) + 0.08, extra_text, fontsize=7.5, va="top",
+                color="#333333", linespacing=1.15)
+        ax.text(roll_x, top + 0.05, rollback, fontsize=7.5, va="top", linespacing=1.15)
+        y += row_h
+        if i < len(per_image) - 1:
+            ax.axhline(y, color="#E0E0E0", lw=0.8)
     fig.text(0.01, 1 - 0.12 / fig_h, "Update mechanisms: slots, the active one, the agent and how a bad update is rolled back",
              fontsize=12, fontweight="bold", va="top")
     _footnote(fig, frames, "Filled box with ▶ = the slot the boot loader picks next (active); dashed = the other slot. "
                            "part = partitions of the slot; prio/tries/ok = the GPT A/B attribute bits (priority, tries, successful) "
-                           "where the mechanism has them.")
+                           "where the mechanism has them. Same facts as a table: the update_slots frame, or the HTML report.")
     return Chart("updates", fig)

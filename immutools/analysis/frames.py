@@ -3,7 +3,7 @@
     from immutools import frames
     f = frames.load()                      # the bundled replica reports (data/reports/*.json)
     f = frames.load(["a.json", "disk.raw", "folder/"])
-    f.images, f.partitions, f.mounts, f.paths, f.surface, f.update_slots, f.scores
+    f.images, f.partitions, f.mounts, f.paths, f.surface, f.update_slots, f.completeness, f.scores, f.ranking
 
 Every frame starts with the ``image`` column (the image id, a categorical in load order) and is
 documented column by column in its builder's docstring and in ``docs/frames.md``. Columns whose
@@ -12,6 +12,11 @@ categoricals whose categories are that vocabulary, plus any value a newer report
 vocabularies (filesystem types, roles) are categoricals of the values seen. ``evidence`` columns
 hold the report's evidence lists (dicts with ``source``, ``detail``, ``observed``), and
 ``evidence_text`` the same as one readable string.
+
+Completeness: ``images`` says per image whether the report has every fact its distribution's
+documentation guarantees (``completeness``, ``facts_missing``...), ``completeness`` lists each
+fact, and ``ranking`` gives the overall score a rank only where the image is comparable (every
+rubric dimension scored, nothing missing; see ``immutools.analysis.ranking``).
 
 Building frames from saved reports reads JSON only: no image is opened, no ``dissect`` module is
 imported.
@@ -26,13 +31,15 @@ from functools import cached_property
 
 import pandas as pd
 
-from immutools.analysis.loading import LoadedReport, LoadResult, _dict, _list, load_reports
+from immutools.analysis.loading import LoadedReport, LoadResult, as_dict, as_list, entries, load_reports
+from immutools.analysis.ranking import COMPLETENESS_STATES, completeness_of, distribution_name, standings
+from immutools.analysis.rubric import load_rubric
 from immutools.report.model import STANDARD_PATHS, load_schema
 
 __all__ = [
     "Frames", "load", "frames_from", "images_frame", "partitions_frame", "mounts_frame", "paths_frame",
-    "surface_frame", "update_slots_frame", "scores_frame", "evidence_text", "mount_partition", "partition_states",
-    "surface_findings", "image_label", "RUNTIME_STATES", "SURFACE_KINDS",
+    "surface_frame", "update_slots_frame", "completeness_frame", "scores_frame", "ranking_frame", "evidence_text", "mount_partition", "partition_states",
+    "surface_findings", "image_label", "display_name", "RUNTIME_STATES", "SURFACE_KINDS",
 ]
 
 # Run-time state of a partition, most telling first (see partitions_frame).
@@ -75,12 +82,20 @@ class Frames:
         return update_slots_frame(self.reports)
 
     @cached_property
+    def completeness(self) -> pd.DataFrame:
+        return completeness_frame(self.reports)
+
+    @cached_property
     def scores(self) -> pd.DataFrame:
         return scores_frame(self.reports, self.rubric)
 
+    @cached_property
+    def ranking(self) -> pd.DataFrame:
+        return ranking_frame(self.reports, self.rubric)
+
     @property
     def names(self) -> tuple[str, ...]:
-        return ("images", "partitions", "mounts", "paths", "surface", "update_slots", "scores")
+        return ("images", "partitions", "mounts", "paths", "surface", "update_slots", "completeness", "scores", "ranking")
 
     def all(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in self.names}
@@ -108,21 +123,10 @@ def frames_from(reports, rubric=None) -> Frames:
 # helpers
 # ------------------------------------------------------------------------------------------------
 
-def _entries(reports) -> list[LoadedReport]:
-    if isinstance(reports, Frames):
-        return reports.reports
-    if isinstance(reports, LoadResult):
-        return reports.reports
-    reports = list(reports)
-    if all(isinstance(r, LoadedReport) for r in reports):
-        return reports
-    return load_reports(reports, scan_images=False).reports
-
-
 def evidence_text(evidence) -> str:
     """An evidence list as one line per item: ``source: detail`` (+ `` (inferred)``)."""
     lines = []
-    for ev in _list(evidence):
+    for ev in as_list(evidence):
         if not isinstance(ev, dict):
             continue
         line = str(ev.get("source", "?"))
@@ -175,9 +179,9 @@ def _categorical(series: pd.Series, vocabulary=None) -> pd.Series:
     return series.astype(pd.CategoricalDtype(cats + extra))
 
 
-def _finish(rows: list[dict], columns: list[str], entries: list[LoadedReport], categoricals: dict) -> pd.DataFrame:
+def _finish(rows: list[dict], columns: list[str], loaded: list[LoadedReport], categoricals: dict) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=columns)
-    df["image"] = df["image"].astype(pd.CategoricalDtype([e.image_id for e in entries]))
+    df["image"] = df["image"].astype(pd.CategoricalDtype([e.image_id for e in loaded]))
     for col, vocab in categoricals.items():
         df[col] = _categorical(df[col].astype(object).where(df[col].notna(), None), vocab)
     return df.reset_index(drop=True)
@@ -209,8 +213,9 @@ def _int_col(df: pd.DataFrame, *cols: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 IMAGE_COLUMNS = [
-    "image", "label", "chart_label", "os_id", "os_name", "os_pretty_name", "os_version", "os_variant", "arch",
-    "collector", "confidence", "replica", "replica_spec", "replica_release", "replica_description",
+    "image", "base_image", "form", "label", "chart_label", "os_id", "os_name", "os_pretty_name", "os_version",
+    "os_variant", "arch", "distribution", "collector", "confidence", "completeness", "facts_expected",
+    "facts_observed", "facts_inferred", "facts_missing", "missing_facts", "replica", "replica_spec", "replica_release", "replica_description",
     "container", "compression", "table", "sector_size", "size", "file_size", "disk_guid", "partition_count",
     "update_mechanism", "update_agent", "update_channel", "update_server", "update_rollback", "update_reboot_manager",
     "active_slot", "verity", "root_hash", "selinux", "init", "warning_count", "warnings",
@@ -219,23 +224,61 @@ IMAGE_COLUMNS = [
 
 
 def image_label(entry: LoadedReport) -> tuple[str, str]:
-    """(one-line label, two-line chart label): the image id, OS id, version, arch, and ``replica``."""
+    """(one-line label, two-line chart label): the image id, OS id, version, arch, ``replica``, and
+    ``INCOMPLETE: n facts missing`` when the report lacks guaranteed facts."""
     report = entry.report
-    os_ = _dict(report.get("os"))
+    os_ = as_dict(report.get("os"))
     bits = [str(x) for x in (os_.get("id") or os_.get("name"), os_.get("version"), os_.get("arch")) if x]
     second = " ".join(bits) or "unknown OS"
     if entry.replica:
         second += " · replica"
+    comp = completeness_of(report)
+    if comp.status == "incomplete":
+        second += f" · INCOMPLETE: {comp.missing} fact{'s' if comp.missing != 1 else ''} missing"
     return f"{entry.image_id} ({second})", f"{entry.image_id}\n{second}"
+
+
+_VERSIONISH = re.compile(r"\s*\([^)]*\d[^)]*\)|\s*\(\s*\)")
+
+
+def display_name(report: dict) -> str:
+    """The distribution's name as it spells itself, without the version: ``Flatcar Container
+    Linux``, ``Fedora CoreOS``, ``Fedora Linux (Silverblue)``, ``Bottlerocket OS``, ``Talos``.
+
+    The name of the recognised distribution (``data/distributions``) when the report's OS is that
+    distribution and has no variant; otherwise os-release ``PRETTY_NAME`` without the version (and
+    without a parenthesised part holding digits: codenames with versions, variant strings);
+    otherwise ``NAME`` or the OS id."""
+    os_ = as_dict(report.get("os"))
+    comp = as_dict(report.get("completeness"))
+    os_id, name = os_.get("id"), os_.get("name")
+    if comp.get("distribution") == os_id and isinstance(comp.get("distribution_name"), str) and not os_.get("variant"):
+        return comp["distribution_name"]
+    pretty, version = os_.get("pretty_name"), os_.get("version")
+    if isinstance(pretty, str) and isinstance(name, str) and name and pretty.split()[:1] == name.split()[:1]:
+        if isinstance(version, str) and version:
+            pretty = pretty.replace(version, "")
+        pretty = " ".join(_VERSIONISH.sub("", pretty).split())
+        if pretty:
+            return pretty
+    if isinstance(name, str) and name:
+        return name
+    return distribution_name(report) or (str(os_id) if os_id else "unknown OS")
 
 
 def images_frame(reports) -> pd.DataFrame:
     """One row per image.
 
     Columns: ``image`` (id), ``label`` (one line: id, OS id, version, arch, "replica"),
-    ``chart_label`` (the same on two lines), ``os_id``, ``os_name``, ``os_pretty_name``,
-    ``os_version``, ``os_variant``, ``arch`` (categorical, schema vocabulary), ``collector``,
-    ``confidence`` (0-1), ``replica`` (bool: the image carries a replica provenance record),
+    ``chart_label`` (the same on two lines), ``base_image`` (the id without the form or repeat
+    suffix: the same image in several forms shares it), ``form`` (raw, qcow2, lz4, ...),
+    ``os_id``, ``os_name``, ``os_pretty_name``, ``os_version``, ``os_variant``, ``arch``
+    (categorical, schema vocabulary), ``distribution`` (the distribution's name as it spells
+    itself, no version), ``collector``, ``confidence`` (0-1), ``completeness`` (categorical:
+    complete / incomplete / unknown, or ``not checked`` for reports without the section),
+    ``facts_expected``, ``facts_observed``, ``facts_inferred``, ``facts_missing`` (counts of the
+    facts the distribution's documentation guarantees), ``missing_facts`` (list of the missing
+    ones), ``replica`` (bool: the image carries a replica provenance record),
     ``replica_spec``, ``replica_release``, ``replica_description``, ``container``,
     ``compression``, ``table`` (categoricals), ``sector_size``, ``size`` (virtual disk bytes),
     ``file_size``, ``disk_guid``, ``partition_count``, ``update_mechanism`` (categorical),
@@ -245,26 +288,29 @@ def images_frame(reports) -> pd.DataFrame:
     ``tool_version``, ``image_path`` (as recorded in the report), ``source`` (the file loaded:
     a .json report or the image), ``source_kind`` (report / image / dict).
     """
-    entries = _entries(reports)
+    loaded = entries(reports)
     rows = []
-    for e in entries:
+    for e in loaded:
         r = e.report
-        img, os_ = _dict(r.get("image")), _dict(r.get("os"))
-        prov = _dict(img.get("provenance"))
-        upd, integ, surf = _dict(r.get("update")), _dict(r.get("integrity")), _dict(r.get("surface"))
+        img, os_ = as_dict(r.get("image")), as_dict(r.get("os"))
+        prov = as_dict(img.get("provenance"))
+        upd, integ, surf = as_dict(r.get("update")), as_dict(r.get("integrity")), as_dict(r.get("surface"))
         label, chart_label = image_label(e)
-        warnings = [str(w) for w in _list(r.get("warnings"))]
+        warnings = [str(w) for w in as_list(r.get("warnings"))]
+        comp = completeness_of(r)
         rows.append({
-            "image": e.image_id, "label": label, "chart_label": chart_label,
+            "image": e.image_id, "base_image": e.base_id, "form": e.form, "label": label, "chart_label": chart_label,
             "os_id": _str(os_.get("id")), "os_name": _str(os_.get("name")), "os_pretty_name": _str(os_.get("pretty_name")),
             "os_version": _str(os_.get("version")), "os_variant": _str(os_.get("variant")), "arch": _str(os_.get("arch")),
-            "collector": _str(os_.get("collector")),
+            "distribution": display_name(r), "collector": _str(os_.get("collector")),
             "confidence": os_.get("confidence") if isinstance(os_.get("confidence"), (int, float)) else None,
+            "completeness": comp.status, "facts_expected": comp.expected, "facts_observed": comp.observed,
+            "facts_inferred": comp.inferred, "facts_missing": comp.missing, "missing_facts": comp.missing_facts,
             "replica": e.replica, "replica_spec": _str(prov.get("spec")), "replica_release": _str(prov.get("release")),
             "replica_description": _str(prov.get("description")),
             "container": _str(img.get("container")), "compression": _str(img.get("compression")), "table": _str(img.get("table")),
             "sector_size": _int(img.get("sector_size")), "size": _int(img.get("size")), "file_size": _int(img.get("file_size")),
-            "disk_guid": _str(img.get("disk_guid")), "partition_count": len(_list(r.get("partitions"))),
+            "disk_guid": _str(img.get("disk_guid")), "partition_count": len(as_list(r.get("partitions"))),
             "update_mechanism": _str(upd.get("mechanism")), "update_agent": _str(upd.get("agent")),
             "update_channel": _str(upd.get("channel")), "update_server": _str(upd.get("server")),
             "update_rollback": _str(upd.get("rollback")), "update_reboot_manager": _str(upd.get("reboot_manager")),
@@ -272,17 +318,19 @@ def images_frame(reports) -> pd.DataFrame:
             "verity": _bool(integ.get("verity")), "root_hash": _str(integ.get("root_hash")),
             "selinux": _str(surf.get("selinux")), "init": _str(surf.get("init")),
             "warning_count": len(warnings), "warnings": warnings,
-            "schema_version": _int(r.get("schema_version")), "tool_version": _str(_dict(r.get("tool")).get("version")),
+            "schema_version": _int(r.get("schema_version")), "tool_version": _str(as_dict(r.get("tool")).get("version")),
             "image_path": _str(img.get("path")), "source": e.source, "source_kind": e.source_kind,
         })
-    df = _finish(rows, IMAGE_COLUMNS, entries, {
+    df = _finish(rows, IMAGE_COLUMNS, loaded, {
         "arch": _schema_enum("os", "arch"), "container": _schema_enum("image", "container"),
         "compression": _schema_enum("image", "compression"), "table": _schema_enum("image", "table"),
         "update_mechanism": _schema_enum("update", "mechanism"), "selinux": _schema_enum("surface", "selinux"),
-        "source_kind": ["report", "image", "dict"], "collector": None,
+        "source_kind": ["report", "image", "dict"], "collector": None, "completeness": COMPLETENESS_STATES,
+        "form": None,
     })
     _bool_col(df, "replica", "verity")
-    _int_col(df, "sector_size", "size", "file_size", "schema_version")
+    _int_col(df, "sector_size", "size", "file_size", "schema_version", "facts_expected", "facts_observed",
+             "facts_inferred", "facts_missing")
     df["confidence"] = df["confidence"].astype("Float64")
     return df
 
@@ -313,8 +361,8 @@ def mount_partition(mount: dict, partitions: list[dict]) -> tuple[int | None, st
     number = _int(mount.get("partition"))
     if number is not None:
         return number, "report"
-    for ev in _list(mount.get("evidence")):
-        m = _PARTITION_EVIDENCE.match(str(_dict(ev).get("source", "")))
+    for ev in as_list(mount.get("evidence")):
+        m = _PARTITION_EVIDENCE.match(str(as_dict(ev).get("source", "")))
         if m:
             return int(m.group(1)), "evidence"
     source = mount.get("source")
@@ -342,9 +390,9 @@ def mount_partition(mount: dict, partitions: list[dict]) -> tuple[int | None, st
 def _slot_membership(report: dict) -> dict:
     """partition number -> (slot name, active) from ``update.slots``; an active slot wins."""
     out: dict = {}
-    for slot in _list(_dict(report.get("update")).get("slots")):
-        slot = _dict(slot)
-        for part in _list(slot.get("partitions")):
+    for slot in as_list(as_dict(report.get("update")).get("slots")):
+        slot = as_dict(slot)
+        for part in as_list(slot.get("partitions")):
             number = part if _int(part) is not None else None
             if number is None:
                 continue
@@ -356,10 +404,10 @@ def _slot_membership(report: dict) -> dict:
 
 def partition_states(report: dict) -> dict:
     """partition number -> (run-time state, mount targets) for one report (see partitions_frame)."""
-    parts = [_dict(p) for p in _list(report.get("partitions"))]
+    parts = [as_dict(p) for p in as_list(report.get("partitions"))]
     mounted: dict = {}
-    for m in _list(report.get("mounts")):
-        m = _dict(m)
+    for m in as_list(report.get("mounts")):
+        m = as_dict(m)
         number, _how = mount_partition(m, parts)
         if number is None:
             continue
@@ -372,8 +420,8 @@ def partition_states(report: dict) -> dict:
         mounted.setdefault(number, []).append((state, str(m.get("target"))))
     slots = _slot_membership(report)
     hashes = set()
-    for t in _list(_dict(report.get("integrity")).get("targets")):
-        t = _dict(t)
+    for t in as_list(as_dict(report.get("integrity")).get("targets")):
+        t = as_dict(t)
         if _int(t.get("hash_partition")) is not None and t.get("hash_partition") != t.get("partition"):
             hashes.add(t["hash_partition"])
     out = {}
@@ -408,18 +456,18 @@ def partitions_frame(reports) -> pd.DataFrame:
     ``verity hash`` for a separate hash partition, ``not mounted`` otherwise), ``priority``,
     ``tries``, ``successful`` (GPT A/B attribute bits), ``evidence``, ``evidence_text``.
     """
-    entries = _entries(reports)
+    loaded = entries(reports)
     rows = []
-    for e in entries:
+    for e in loaded:
         r = e.report
-        disk = _int(_dict(r.get("image")).get("size")) or 0
+        disk = _int(as_dict(r.get("image")).get("size")) or 0
         slots = _slot_membership(r)
         states = partition_states(r)
-        for p in _list(r.get("partitions")):
-            p = _dict(p)
+        for p in as_list(r.get("partitions")):
+            p = as_dict(p)
             number = _int(p.get("number"))
             start, size = _int(p.get("start")), _int(p.get("size"))
-            attrs = _dict(p.get("attributes"))
+            attrs = as_dict(p.get("attributes"))
             state, targets = states.get(number, ("not mounted", []))
             slot = slots.get(number)
             rows.append({
@@ -435,9 +483,9 @@ def partitions_frame(reports) -> pd.DataFrame:
                 "priority": _int(attrs.get("priority")) if attrs.get("ab_semantics", True) else None,
                 "tries": _int(attrs.get("tries")) if attrs.get("ab_semantics", True) else None,
                 "successful": _bool(attrs.get("successful")) if attrs.get("ab_semantics", True) else None,
-                "evidence": _list(p.get("evidence")), "evidence_text": evidence_text(p.get("evidence")),
+                "evidence": as_list(p.get("evidence")), "evidence_text": evidence_text(p.get("evidence")),
             })
-    df = _finish(rows, PARTITION_COLUMNS, entries, {"role": None, "filesystem": None, "state": RUNTIME_STATES})
+    df = _finish(rows, PARTITION_COLUMNS, loaded, {"role": None, "filesystem": None, "state": RUNTIME_STATES})
     _int_col(df, "number", "filesystem_size", "start", "size", "end", "priority", "tries")
     _bool_col(df, "slot_active", "successful")
     df["disk_share"] = df["disk_share"].astype("Float64")
@@ -465,25 +513,25 @@ def mounts_frame(reports) -> pd.DataFrame:
     when known), ``partition_found_by`` (report / evidence / source), ``evidence``,
     ``evidence_text``.
     """
-    entries = _entries(reports)
+    loaded = entries(reports)
     rows = []
-    for e in entries:
-        parts = [_dict(p) for p in _list(e.report.get("partitions"))]
-        for m in _list(e.report.get("mounts")):
-            m = _dict(m)
+    for e in loaded:
+        parts = [as_dict(p) for p in as_list(e.report.get("partitions"))]
+        for m in as_list(e.report.get("mounts")):
+            m = as_dict(m)
             number, how = mount_partition(m, parts)
             rows.append({
                 "image": e.image_id, "target": _str(m.get("target")), "source": _str(m.get("source")),
                 "fstype": _str(m.get("fstype")), "kind": _str(m.get("kind")), "access": _str(m.get("access")),
                 "persistence": _str(m.get("persistence")), "integrity": _str(m.get("integrity")),
                 "observed": _bool(m.get("observed")),
-                "options": ",".join(str(o) for o in _list(m.get("options"))),
-                "lower": ":".join(str(x) for x in _list(m.get("lower"))) or None,
+                "options": ",".join(str(o) for o in as_list(m.get("options"))),
+                "lower": ":".join(str(x) for x in as_list(m.get("lower"))) or None,
                 "upper": _str(m.get("upper")), "work": _str(m.get("work")),
                 "partition": number, "partition_found_by": how,
-                "evidence": _list(m.get("evidence")), "evidence_text": evidence_text(m.get("evidence")),
+                "evidence": as_list(m.get("evidence")), "evidence_text": evidence_text(m.get("evidence")),
             })
-    df = _finish(rows, MOUNT_COLUMNS, entries, {
+    df = _finish(rows, MOUNT_COLUMNS, loaded, {
         "fstype": None, "kind": None, "access": _schema_enum("mounts", "access"),
         "persistence": _schema_enum("mounts", "persistence"), "integrity": None,
         "partition_found_by": ["report", "evidence", "source"],
@@ -505,19 +553,19 @@ def paths_frame(reports) -> pd.DataFrame:
     ``" <- "``-separated, when more than one), ``resolved`` (the path after symlinks, when it
     differs), ``note``, ``evidence``, ``evidence_text``.
     """
-    entries = _entries(reports)
+    loaded = entries(reports)
     rows = []
-    for e in entries:
-        for p in _list(e.report.get("paths")):
-            p = _dict(p)
+    for e in loaded:
+        for p in as_list(e.report.get("paths")):
+            p = as_dict(p)
             rows.append({
                 "image": e.image_id, "path": _str(p.get("path")), "standard": p.get("path") in STANDARD_PATHS,
                 "state": _str(p.get("state")), "via": _str(p.get("via")),
-                "chain": " <- ".join(str(c) for c in _list(p.get("chain"))) or None,
+                "chain": " <- ".join(str(c) for c in as_list(p.get("chain"))) or None,
                 "resolved": _str(p.get("resolved")), "note": _str(p.get("note")),
-                "evidence": _list(p.get("evidence")), "evidence_text": evidence_text(p.get("evidence")),
+                "evidence": as_list(p.get("evidence")), "evidence_text": evidence_text(p.get("evidence")),
             })
-    df = _finish(rows, PATH_COLUMNS, entries, {"state": _schema_enum("paths", "state")})
+    df = _finish(rows, PATH_COLUMNS, loaded, {"state": _schema_enum("paths", "state")})
     _bool_col(df, "standard")
     return df
 
@@ -530,7 +578,7 @@ SURFACE_COLUMNS = ["image", "kind", "item", "detail", "observed", "evidence", "e
 
 
 def _observed(evidence) -> bool | None:
-    evs = [_dict(ev) for ev in _list(evidence)]
+    evs = [as_dict(ev) for ev in as_list(evidence)]
     if not evs:
         return None
     return any(ev.get("observed") is not False for ev in evs)
@@ -538,62 +586,62 @@ def _observed(evidence) -> bool | None:
 
 def surface_findings(report: dict) -> list[dict]:
     """The surface rows of one report (see surface_frame)."""
-    s = _dict(report.get("surface"))
+    s = as_dict(report.get("surface"))
     if not s:
         return []
     out = []
 
     def add(kind, item, detail=None, evidence=None):
-        ev = _list(evidence)
+        ev = as_list(evidence)
         out.append({"kind": kind, "item": _str(item), "detail": detail, "observed": _observed(ev), "evidence": ev})
 
-    detailed = _list(s.get("shell_details"))
-    for row in detailed or [{"path": p} for p in _list(s.get("shells"))]:
-        row = _dict(row)
-        names = [n for n in _list(row.get("names")) if n != row.get("path")]
+    detailed = as_list(s.get("shell_details"))
+    for row in detailed or [{"path": p} for p in as_list(s.get("shells"))]:
+        row = as_dict(row)
+        names = [n for n in as_list(row.get("names")) if n != row.get("path")]
         add("shell", row.get("path"), ("also " + ", ".join(map(str, names))) if names else None, row.get("evidence"))
-    binaries = _list(s.get("sshd_binaries"))
+    binaries = as_list(s.get("sshd_binaries"))
     for row in binaries:
-        row = _dict(row)
+        row = as_dict(row)
         add("sshd", row.get("path"), "SSH server binary", row.get("evidence"))
     if not binaries and s.get("sshd") is True:
         add("sshd", "sshd", "SSH server present", [])
-    for row in _list(s.get("sshd_units")):
-        row = _dict(row)
+    for row in as_list(s.get("sshd_units")):
+        row = as_dict(row)
         bits = []
         if row.get("enabled") is not None:
             bits.append("enabled" if row.get("enabled") else "not enabled")
         if row.get("masked"):
             bits.append("masked")
         if row.get("wanted_by"):
-            bits.append("wanted by " + ", ".join(map(str, _list(row.get("wanted_by")))))
+            bits.append("wanted by " + ", ".join(map(str, as_list(row.get("wanted_by")))))
         add("ssh_unit", row.get("unit"), "; ".join(bits) or None, row.get("evidence"))
-    detailed = _list(s.get("package_manager_details"))
-    for row in detailed or [{"name": n} for n in _list(s.get("package_managers"))]:
-        row = _dict(row)
+    detailed = as_list(s.get("package_manager_details"))
+    for row in detailed or [{"name": n} for n in as_list(s.get("package_managers"))]:
+        row = as_dict(row)
         via = row.get("path") or row.get("via") or row.get("database")
         add("package_manager", row.get("name"), _str(via), row.get("evidence"))
-    for name in _list(s.get("app_managers")):
+    for name in as_list(s.get("app_managers")):
         add("app_manager", name)
     for kind in ("setuid", "setgid"):
-        detailed = _list(s.get(f"{kind}_details"))
-        for row in detailed or [{"path": p} for p in _list(s.get(kind))]:
-            row = _dict(row)
+        detailed = as_list(s.get(f"{kind}_details"))
+        for row in detailed or [{"path": p} for p in as_list(s.get(kind))]:
+            row = as_dict(row)
             detail = " ".join(f"{k} {row[k]}" for k in ("mode", "uid", "gid") if row.get(k) is not None) or None
             add(kind, row.get("path"), detail, row.get("evidence"))
-    dist = _dict(report.get("distribution"))
-    images = {str(_dict(x).get("name")): _dict(x) for x in _list(dist.get("sysext_images"))}
-    for name in _list(dist.get("sysexts")):
+    dist = as_dict(report.get("distribution"))
+    images = {str(as_dict(x).get("name")): as_dict(x) for x in as_list(dist.get("sysext_images"))}
+    for name in as_list(dist.get("sysexts")):
         img = images.get(str(name), {})
         add("sysext", name, _str(img.get("path")), img.get("evidence"))
     if "selinux" in s:
-        policy = _dict(s.get("selinux_policy"))
+        policy = as_dict(s.get("selinux_policy"))
         detail = policy.get("decided_by")
         add("selinux", s.get("selinux") or "unknown", _str(detail), s.get("selinux_trail"))
-    lock = _dict(s.get("lockdown_details"))
+    lock = as_dict(s.get("lockdown_details"))
     if s.get("lockdown"):
         add("lockdown", s.get("lockdown"), _str(lock.get("decided_by")), lock.get("evidence"))
-    km = _dict(s.get("kernel_modules"))
+    km = as_dict(s.get("kernel_modules"))
     if km:
         count = km.get("count")
         enforced = km.get("signature_enforced")
@@ -603,7 +651,7 @@ def surface_findings(report: dict) -> list[dict]:
             _str(km.get("reason")),
         ) if x)
         add("kernel_modules", f"{count} modules" if count is not None else "modules", detail or None, [])
-    init = _dict(s.get("init_details"))
+    init = as_dict(s.get("init_details"))
     if s.get("init") or init.get("name"):
         add("init", s.get("init") or init.get("name"), _str(init.get("decided_by")), init.get("evidence"))
     return out
@@ -622,12 +670,12 @@ def surface_frame(reports) -> pd.DataFrame:
     image), ``evidence``, ``evidence_text``. Absence is not a row: an image without a package
     manager has no ``package_manager`` row (count rows per kind to compare).
     """
-    entries = _entries(reports)
+    loaded = entries(reports)
     rows = []
-    for e in entries:
+    for e in loaded:
         for f in surface_findings(e.report):
             rows.append({"image": e.image_id, **f, "evidence_text": evidence_text(f["evidence"])})
-    df = _finish(rows, SURFACE_COLUMNS, entries, {"kind": SURFACE_KINDS})
+    df = _finish(rows, SURFACE_COLUMNS, loaded, {"kind": SURFACE_KINDS})
     _bool_col(df, "observed")
     return df
 
@@ -653,22 +701,22 @@ def update_slots_frame(reports) -> pd.DataFrame:
     mechanism has them), ``evidence`` / ``evidence_text`` (the update section's evidence).
     Per-image update facts (channel, server, rollback method) are in ``images``.
     """
-    entries = _entries(reports)
+    loaded = entries(reports)
     rows = []
-    for e in entries:
-        upd = _dict(e.report.get("update"))
-        ev = _list(upd.get("evidence"))
-        for slot in _list(upd.get("slots")):
-            slot = _dict(slot)
+    for e in loaded:
+        upd = as_dict(e.report.get("update"))
+        ev = as_list(upd.get("evidence"))
+        for slot in as_list(upd.get("slots")):
+            slot = as_dict(slot)
             rows.append({
                 "image": e.image_id, "mechanism": _str(upd.get("mechanism")), "agent": _str(upd.get("agent")),
                 "active_slot": _str(upd.get("active_slot")), "slot": _str(slot.get("name")),
-                "partitions": ",".join(str(p) for p in _list(slot.get("partitions"))) or None,
+                "partitions": ",".join(str(p) for p in as_list(slot.get("partitions"))) or None,
                 "version": _str(slot.get("version")), "active": _bool(slot.get("active")),
                 "priority": _int(slot.get("priority")), "tries": _int(slot.get("tries")),
                 "successful": _bool(slot.get("successful")), "evidence": ev, "evidence_text": evidence_text(ev),
             })
-    df = _finish(rows, SLOT_COLUMNS, entries, {"mechanism": _schema_enum("update", "mechanism")})
+    df = _finish(rows, SLOT_COLUMNS, loaded, {"mechanism": _schema_enum("update", "mechanism")})
     _bool_col(df, "active", "successful")
     _int_col(df, "priority", "tries")
     return df
@@ -690,12 +738,10 @@ def scores_frame(reports, rubric=None) -> pd.DataFrame:
     values the rule read), ``evidence`` (copied from the report rows the rule used),
     ``evidence_text``. See ``data/rubric.yaml`` and ``immutools.analysis.rubric``.
     """
-    from immutools.analysis.rubric import load_rubric
-
-    entries = _entries(reports)
+    loaded = entries(reports)
     rubric = rubric if rubric is not None else load_rubric()
     rows = []
-    for e in entries:
+    for e in loaded:
         result = rubric.score(e.report)
         for d in result.dimensions:
             rows.append({
@@ -710,7 +756,67 @@ def scores_frame(reports, rubric=None) -> pd.DataFrame:
         })
     columns = ["image", "dimension", "title", "weight", "score", "contribution", "decided_by", "value", "evidence",
                "evidence_text"]
-    df = _finish(rows, columns, entries, {"dimension": [d.id for d in rubric.dimensions] + ["overall"]})
+    df = _finish(rows, columns, loaded, {"dimension": [d.id for d in rubric.dimensions] + ["overall"]})
     for col in ("weight", "score", "contribution"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    return df
+
+
+# ------------------------------------------------------------------------------------------------
+# completeness and ranking
+# ------------------------------------------------------------------------------------------------
+
+COMPLETENESS_COLUMNS = ["image", "fact", "status", "reason", "documented_by", "evidence", "evidence_text"]
+
+
+def completeness_frame(reports) -> pd.DataFrame:
+    """One row per fact the image's distribution guarantees (the report's ``completeness.facts``).
+
+    Columns: ``image``, ``fact`` (``mount /usr``, ``path /var``, ``os.version``, ...),
+    ``status`` (categorical: observed / inferred / missing: seen in the image, taken from the
+    documented default because the image did not say, or not found), ``reason`` (why it is
+    inferred or missing), ``documented_by`` (the documentation that guarantees it), ``evidence``,
+    ``evidence_text``. Images whose report has no completeness section have no rows
+    (``images.completeness`` is then ``not checked``).
+    """
+    loaded = entries(reports)
+    rows = []
+    for e in loaded:
+        for fact in completeness_of(e.report).facts:
+            rows.append({
+                "image": e.image_id, "fact": _str(fact.get("fact")), "status": _str(fact.get("status")),
+                "reason": _str(fact.get("reason")), "documented_by": _str(fact.get("documented_by")),
+                "evidence": as_list(fact.get("evidence")), "evidence_text": evidence_text(fact.get("evidence")),
+            })
+    return _finish(rows, COMPLETENESS_COLUMNS, loaded, {"status": ["observed", "inferred", "missing"]})
+
+
+RANKING_COLUMNS = ["image", "score", "ranked", "rank", "dimensions_scored", "dimensions_total", "coverage",
+                   "completeness", "facts_missing", "marker", "note"]
+
+
+def ranking_frame(reports, rubric=None) -> pd.DataFrame:
+    """One row per image: its overall score and, where it is comparable, its rank.
+
+    Columns: ``image``, ``score`` (overall, 0-100; NaN when nothing could be scored), ``ranked``
+    (bool: every rubric dimension scored and no guaranteed fact missing), ``rank`` (1 = most
+    immutable among the ranked images; equal scores share a rank; NA when not ranked),
+    ``dimensions_scored``, ``dimensions_total``, ``coverage`` (share of the rubric's weight
+    that was scored, 0-1), ``completeness`` (as in ``images``), ``facts_missing``, ``marker``
+    (short: ``incomplete: 2 facts missing``, ``7/8 dimensions``, ``completeness unknown``),
+    ``note`` (the full reason). Rows in load order; sort by ``rank`` for the ranking.
+    See ``immutools.analysis.ranking``.
+    """
+    loaded = entries(reports)
+    rubric = rubric if rubric is not None else load_rubric()
+    rows = [{
+        "image": s.image, "score": s.score, "ranked": s.ranked, "rank": s.rank, "dimensions_scored": s.dimensions_scored,
+        "dimensions_total": s.dimensions_total, "coverage": s.coverage, "completeness": s.completeness.status,
+        "facts_missing": s.completeness.missing, "marker": s.marker or None, "note": s.note or None,
+    } for s in standings(loaded, rubric)]
+    df = _finish(rows, RANKING_COLUMNS, loaded, {"completeness": COMPLETENESS_STATES})
+    _bool_col(df, "ranked")
+    _int_col(df, "rank", "dimensions_scored", "dimensions_total", "facts_missing")
+    df["score"] = pd.to_numeric(df["score"], errors="coerce").astype("float64")
+    df["coverage"] = pd.to_numeric(df["coverage"], errors="coerce").astype("float64")
     return df

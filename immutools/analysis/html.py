@@ -1,21 +1,32 @@
 """One self-contained static HTML page comparing images: charts, tables, evidence, provenance.
 
-No external resource of any kind: charts are inline SVG (fonts drawn as paths), the style sheet
-is inline, there is no script. Every string that came from a report (and so from an image) is
-HTML-escaped. Evidence sits beside each fact in a collapsible ``<details>`` element.
+No external resource of any kind: charts are inline SVG (text kept as text, so it can be
+searched and copied; the page's own font stack draws it), the style sheet is inline, there is no
+script. Every string that came from a report (and so from an image) is HTML-escaped. Evidence
+sits beside each fact in a collapsible ``<details>`` element, and the per-image tables are folded
+the same way so the page stays short. No local path appears: inputs are named by file name.
+
+Every Overview cell is filled (a blank says why: "none: package-manager updates have no slots",
+"not reported"), and every image's completeness is shown: an incomplete image is marked in the
+Overview, has no rank, and its missing facts are listed.
 """
 
 from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 import immutools
 from immutools.analysis import charts as charts_mod
-from immutools.analysis.charts import _known, _yes
 from immutools.analysis.frames import Frames
+from immutools.analysis.loading import is_known as _known, is_yes as _yes
+from immutools.analysis.rubric import load_rubric
+from immutools.analysis.sensitivity import sensitivity
+from immutools.paths import data_dir
 
 _CSS = """
 :root { --ink: #1a1a1a; --muted: #555; --rule: #d9d9d9; --bg-alt: #f6f6f6; --accent: #0072B2; }
@@ -51,6 +62,13 @@ details li { margin: 2px 0; }
 pre { background: var(--bg-alt); padding: 10px 12px; white-space: pre-wrap; font-size: 0.86em; }
 code { font-family: "DejaVu Sans Mono", monospace; font-size: 0.92em; }
 .warn { color: #8a4b00; }
+.tag.incomplete { background: #8a1c00; color: white; border-color: #8a1c00; }
+.tag.complete { background: #e8f3ea; border-color: #6aa377; }
+.tag.unknown { background: #eeeeee; }
+.missing { color: #8a1c00; font-weight: 600; }
+details.fold { margin: 6px 0; border: 1px solid var(--rule); border-radius: 4px; padding: 4px 10px; }
+details.fold > summary { font-weight: 600; }
+details.fold[open] > summary { margin-bottom: 4px; }
 @media print { nav { display: none; } details { display: block; } h2 { page-break-after: avoid; }
                figure { page-break-inside: avoid; } }
 """
@@ -112,18 +130,57 @@ def _state_tag(state) -> str:
 
 
 def _human(n) -> str:
-    return charts_mod._human(n) if _known(n) else ""
+    return charts_mod.human_size(n) if _known(n) else ""
+
+
+def _fold(summary_html: str, body: str, open_: bool = False) -> str:
+    """A per-image block folded under its summary line (``<details class="fold">``)."""
+    return f'<details class="fold"{" open" if open_ else ""}><summary>{summary_html}</summary>{body}</details>'
+
+
+def source_label(path) -> str:
+    """A file named without the machine's directories: ``data/rubric.yaml`` for files of the
+    project's data folder, the file name otherwise."""
+    if not isinstance(path, (str, os.PathLike)) or str(path).startswith("<"):
+        return str(path)
+    p = Path(path)
+    try:
+        return "data/" + p.resolve().relative_to(data_dir().resolve()).as_posix()
+    except (ValueError, OSError):
+        return p.name
+
+
+def _completeness_tag(status) -> str:
+    status = str(status) if _known(status) else "not checked"
+    cls = {"complete": "complete", "incomplete": "incomplete"}.get(status, "unknown")
+    return f'<span class="tag {cls}">{_e(status)}</span>'
+
+
+def _or(value, why: str) -> str:
+    """The value, escaped; or why there is none (in the muted style)."""
+    return _e(value) if _known(value) and str(value) != "" else f'<span class="inferred">{_e(why)}</span>'
+
+
+def _active_slot_cell(img, slots) -> str:
+    if _known(img.active_slot):
+        return _e(img.active_slot)
+    n = int((slots["image"] == img.image).sum())
+    if n:
+        return f'<span class="inferred">not determined ({n} slot{"s" if n != 1 else ""}, none marked active)</span>'
+    if _known(img.update_mechanism) and str(img.update_mechanism) not in ("unknown",):
+        return f'<span class="inferred">none: {_e(img.update_mechanism)} updates have no slots</span>'
+    return '<span class="inferred">none: no update mechanism found</span>'
 
 
 def render_report(frames: Frames, rubric=None, title: str = "immutools comparison report") -> str:
     """The HTML page for ``frames`` (all images), as a string."""
-    from immutools.analysis.rubric import load_rubric, sensitivity
-
     rubric = rubric or frames.rubric or load_rubric()
     frames = frames if frames.rubric is rubric else Frames(frames.reports, frames.warnings, rubric)
     images = frames.images
     scores = frames.scores
     overall = scores[scores["dimension"] == "overall"].set_index("image")["score"]
+    ranking = frames.ranking.set_index("image")
+    slots = frames.update_slots
     out = []
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_replica = int(images["replica"].fillna(False).sum())
@@ -134,9 +191,9 @@ def render_report(frames: Frames, rubric=None, title: str = "immutools compariso
 <body><main>
 <header><h1>{_e(title)}</h1>
 <p class="lead">{len(images)} image{'s' if len(images) != 1 else ''}{f', {n_replica} of them replicas' if n_replica else ''};
-generated by immutools {_e(immutools.__version__)} on {now}; scores from <code>{_e(rubric.source)}</code>.
-Higher score = more immutable (0-100).</p>
-<nav><a href="#overview">Overview</a><a href="#spectrum">Spectrum</a><a href="#dimensions">Dimensions</a>
+generated by immutools {_e(immutools.__version__)} on {now}; scores from <code>{_e(source_label(rubric.source))}</code>.
+Higher score = more immutable (0-100).{_incomplete_lead(images)}</p>
+<nav><a href="#overview">Overview</a><a href="#completeness">Completeness</a><a href="#spectrum">Spectrum</a><a href="#dimensions">Dimensions</a>
 <a href="#partitions">Partitions</a><a href="#surface">Writable surface</a><a href="#updates">Updates</a>
 <a href="#provenance">Provenance</a></nav></header>""")
     if n_replica:
@@ -145,17 +202,53 @@ Higher score = more immutable (0-100).</p>
     # --- overview ------------------------------------------------------------------------------
     rows = []
     for r in images.itertuples(index=False):
+        rk = ranking.loc[r.image]
+        score = overall.get(r.image, math.nan)
+        if _yes(rk["ranked"]):
+            rank = _e(int(rk["rank"])) + (f' <small class="inferred">({_e(rk["marker"])})</small>' if _known(rk["marker"]) else "")
+        else:
+            rank = f'<span class="missing">not ranked</span><br><small>{_e(rk["marker"])}</small>'
+        comp = _completeness_tag(r.completeness)
+        if _known(r.facts_expected) and r.facts_expected:
+            comp += f"<br><small>{_e(r.facts_observed)} observed, {_e(r.facts_inferred)} inferred"
+            comp += (f', <span class="missing">{_e(r.facts_missing)} missing</span>' if r.facts_missing else "") + "</small>"
         rows.append([
             f"<b>{_e(r.image)}</b>" + (' <span class="tag replica">replica</span>' if _yes(r.replica) else ""),
-            _e(r.os_name or r.os_id), _e(r.os_version), _e(r.arch),
-            f"{overall.get(r.image, math.nan):.1f}" if _known(overall.get(r.image, math.nan)) else "n/a",
-            _e(r.update_mechanism), _e(r.active_slot),
-            "yes" if _yes(r.verity) else ("no" if _known(r.verity) else ""),
-            _e(r.selinux), _e(r.warning_count),
+            _or(r.distribution, "not recognised"), _or(r.os_version, "not reported"), _or(r.arch, "not reported"),
+            f"{score:.1f}" if _known(score) else '<span class="inferred">n/a: nothing scored</span>', rank, comp,
+            _or(r.update_mechanism, "not reported"), _active_slot_cell(r, slots),
+            "yes" if _yes(r.verity) else ("no" if _known(r.verity) else '<span class="inferred">not reported</span>'),
+            _or(r.selinux, "not reported"), _e(r.warning_count),
         ])
     out.append('<h2 id="overview">Overview</h2>')
-    out.append(_table(["image", "OS", "version", "arch", "score", "update", "active slot", "dm-verity", "SELinux", "warnings"],
-                      rows, numeric={4, 9}))
+    out.append(_table(["image", "distribution", "version", "arch", "score", "rank", "completeness", "update", "active slot",
+                       "dm-verity", "SELinux", "warnings"], rows, numeric={4, 11}))
+    out.append('<p class="note">Rank: 1 = most immutable among the ranked images (equal scores share a rank). An image '
+               "is ranked only when every rubric dimension was scored and no fact its distribution's documentation "
+               "guarantees is missing; the others keep their score for reference, with the reason.</p>")
+
+    # --- completeness --------------------------------------------------------------------------
+    out.append('<h2 id="completeness">Completeness: the facts each distribution guarantees</h2>')
+    out.append('<p class="note">Each distribution\'s documentation guarantees some facts of every installed system '
+               "(mounts, paths, versions). <b>observed</b>: seen in the image; <b>inferred</b>: the documented default, "
+               "the image did not say; <b>missing</b>: not found (the image is then incomplete and not ranked).</p>")
+    comp_df = frames.completeness
+    for r in images.itertuples(index=False):
+        sub = comp_df[comp_df["image"] == r.image]
+        summary = f"{_e(r.image)}: {_completeness_tag(r.completeness)}"
+        if sub.empty:
+            body = ('<p class="note">No guaranteed facts to check: '
+                    + ("no completeness section in this report (it predates the check)." if r.completeness == "not checked"
+                       else "no distribution was recognised.") + "</p>")
+        else:
+            summary += (f" {_e(r.facts_observed)} observed, {_e(r.facts_inferred)} inferred"
+                        + (f', <span class="missing">{_e(r.facts_missing)} missing: {_e(", ".join(r.missing_facts))}</span>'
+                           if r.facts_missing else ""))
+            frows = [[f"<code>{_e(c.fact)}</code>",
+                      f'<span class="missing">{_e(c.status)}</span>' if c.status == "missing" else _e(c.status),
+                      _e(c.reason), _e(c.documented_by), _evidence_html(c.evidence)] for c in sub.itertuples(index=False)]
+            body = _table(["fact", "status", "reason", "documented by", "evidence"], frows)
+        out.append(_fold(summary, body, open_=r.completeness == "incomplete"))
 
     # --- spectrum + sensitivity ------------------------------------------------------------------
     out.append('<h2 id="spectrum">Immutability spectrum</h2>')
@@ -168,7 +261,8 @@ Higher score = more immutable (0-100).</p>
     srows = []
     for r in sens.table.itertuples(index=False):
         holds = r.reference_holds
-        srows.append([_e(r.change), _e(r.family_order), ("yes" if holds else "no") if _known(holds) else "",
+        srows.append([_e(r.label), _or(r.family_order, "no reference family present"),
+                      ("yes" if holds else "no") if _known(holds) else '<span class="inferred">cannot be checked</span>',
                       _e(r.pairs_flipped), _e(r.max_rank_shift)])
     out.append(_table(["weights", "family order (most mutable first)", "reference order holds", "image pairs reordered",
                        "largest rank shift"], srows, numeric={3, 4}))
@@ -191,8 +285,10 @@ Higher score = more immutable (0-100).</p>
             trail = "<br>".join(_e(line) for line in str(s.decided_by).splitlines())
             rows.append([_e(s.title), score, f"<small>{trail}</small>", _evidence_html(s.evidence)])
         total = overall.get(image, math.nan)
-        out.append(f"<h3>{_e(image)}: {('%.1f' % total) if _known(total) else 'n/a'}</h3>")
-        out.append(_table(["dimension", "score", "how the rule decided", "evidence"], rows, numeric={1}))
+        summary = f"{_e(image)}: {('%.1f' % total) if _known(total) else 'n/a'}"
+        if not _yes(ranking.loc[image, "ranked"]):
+            summary += f' <span class="missing">(not ranked: {_e(ranking.loc[image, "marker"])})</span>'
+        out.append(_fold(summary, _table(["dimension", "score", "how the rule decided", "evidence"], rows, numeric={1})))
 
     # --- partitions ----------------------------------------------------------------------------
     out.append('<h2 id="partitions">Partition layouts</h2>')
@@ -206,9 +302,9 @@ Higher score = more immutable (0-100).</p>
                  _e(p.slot) + (" (active)" if _yes(p.slot_active) else ""),
                  _e(p.mounted_at), _state_tag(p.state), _evidence_html(p.evidence)]
                 for p in sub.itertuples(index=False)]
-        out.append(f"<h3>{_e(image)}</h3>")
-        out.append(_table(["#", "label", "type", "role", "content", "start", "size", "slot", "mounted at", "run-time state",
-                           "evidence"], rows, numeric={0, 5, 6}))
+        out.append(_fold(f"{_e(image)}: {len(rows)} partition{'s' if len(rows) != 1 else ''}",
+                         _table(["#", "label", "type", "role", "content", "start", "size", "slot", "mounted at",
+                                 "run-time state", "evidence"], rows, numeric={0, 5, 6})))
 
     # --- surface -------------------------------------------------------------------------------
     out.append('<h2 id="surface">Writable surface and modification channels</h2>')
@@ -217,22 +313,23 @@ Higher score = more immutable (0-100).</p>
     paths = frames.paths
     surf = frames.surface
     for image in images["image"]:
-        out.append(f"<h3>{_e(image)}</h3>")
         sub = paths[paths["image"] == image]
+        persistent = int((sub["state"].astype(str) == "persistent").sum())
         rows = [[f"<code>{_e(p.path)}</code>", _state_tag(p.state), f"<code>{_e(p.via)}</code>", _e(p.note),
                  _evidence_html(p.evidence)] for p in sub.itertuples(index=False)]
-        out.append(_table(["path", "state", "decided by mount", "note", "evidence"], rows))
+        body = _table(["path", "state", "decided by mount", "note", "evidence"], rows)
         sub = surf[surf["image"] == image]
         rows = [[_e(s.kind), f"<code>{_e(s.item)}</code>", _e(s.detail), _evidence_html(s.evidence)]
                 for s in sub.itertuples(index=False)]
         if rows:
-            out.append(_table(["finding", "item", "detail", "evidence"], rows))
+            body += _table(["finding", "item", "detail", "evidence"], rows)
+        out.append(_fold(f"{_e(image)}: {len(sub)} finding{'s' if len(sub) != 1 else ''}, {persistent} persistent "
+                         f"path{'s' if persistent != 1 else ''}", body))
 
     # --- updates -------------------------------------------------------------------------------
     out.append('<h2 id="updates">Update mechanisms</h2>')
     out.append(_figure(charts_mod.updates(frames), "c5",
                        "Update slots side by side; the filled box is the slot the boot loader picks next."))
-    slots = frames.update_slots
     rows = []
     for img in images.itertuples(index=False):
         sub = slots[slots["image"] == img.image]
@@ -240,8 +337,10 @@ Higher score = more immutable (0-100).</p>
         slot_text = "<br>".join(
             f"{_e(s.slot)}: {_e(s.version) or 'empty'} (partitions {_e(s.partitions)})" + (" <b>active</b>" if _yes(s.active) else "")
             for s in sub.itertuples(index=False))
-        rows.append([_e(img.image), _e(img.update_mechanism), _e(img.update_agent), _e(img.update_channel),
-                     _e(img.update_server), slot_text, _e(img.update_rollback), _evidence_html(ev)])
+        rows.append([_e(img.image), _or(img.update_mechanism, "not reported"), _or(img.update_agent, "not reported"),
+                     _or(img.update_channel, "not reported"), _or(img.update_server, "not reported"),
+                     slot_text or '<span class="inferred">no slots</span>', _or(img.update_rollback, "not reported"),
+                     _evidence_html(ev)])
     out.append(_table(["image", "mechanism", "agent", "channel", "server", "slots", "rollback", "evidence"], rows))
 
     # --- provenance ----------------------------------------------------------------------------
@@ -250,10 +349,9 @@ Higher score = more immutable (0-100).</p>
         rep = entry.report
         img = rep.get("image") if isinstance(rep.get("image"), dict) else {}
         prov = img.get("provenance") if isinstance(img.get("provenance"), dict) else None
-        out.append(f"<h3>{_e(entry.image_id)}</h3>")
         facts = [
-            ["loaded from", f"<code>{_e(entry.source)}</code> ({_e(entry.source_kind)})"],
-            ["image file", f"<code>{_e(img.get('path'))}</code>"],
+            ["loaded from", f"<code>{_e(source_label(entry.source))}</code> ({_e(entry.source_kind)})"],
+            ["image file", f"<code>{_e(source_label(img.get('path')) if img.get('path') else '')}</code>"],
             ["format", _e(f"{img.get('container')}" + (f", {img.get('compression')}-compressed" if img.get("compression") else ""))],
             ["virtual size", _human(img.get("size"))],
             ["partition table", _e(img.get("table"))],
@@ -274,11 +372,40 @@ Higher score = more immutable (0-100).</p>
             facts.append(["replica", "no: no replica provenance record in the image"])
         warnings = rep.get("warnings") if isinstance(rep.get("warnings"), list) else []
         facts.append(["warnings", ("<ul>" + "".join(f'<li class="warn">{_e(w)}</li>' for w in warnings) + "</ul>") if warnings else "none"])
-        out.append("<table><tbody>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in facts) + "</tbody></table>")
+        out.append(_fold(f"{_e(entry.image_id)}" + (' <span class="tag replica">replica</span>' if prov else ""),
+                         "<table><tbody>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in facts)
+                         + "</tbody></table>"))
     if frames.warnings:
-        out.append("<h3>Inputs skipped</h3><ul>" + "".join(f'<li class="warn">{_e(w)}</li>' for w in frames.warnings) + "</ul>")
+        out.append("<h3>Inputs skipped</h3><ul>" + "".join(f'<li class="warn">{_e(_strip_dirs(w, frames))}</li>'
+                                                          for w in frames.warnings) + "</ul>")
     out.append("</main></body></html>\n")
     return "\n".join(out)
+
+
+def _incomplete_lead(images) -> str:
+    bad = images[images["completeness"] == "incomplete"]
+    if bad.empty:
+        return ""
+    names = ", ".join(str(i) for i in bad["image"])
+    return (f' <span class="missing">{len(bad)} image{"s are" if len(bad) != 1 else " is"} INCOMPLETE (guaranteed facts '
+            f"missing) and not ranked: {_e(names)}.</span>")
+
+
+def _strip_dirs(text: str, frames) -> str:
+    """A skipped-input warning with the directories of the inputs removed (no local paths)."""
+    for entry_dir in {os.path.dirname(str(e.source)) for e in frames.reports} | _warning_dirs(frames.warnings):
+        if entry_dir:
+            text = text.replace(entry_dir.rstrip("/") + "/", "")
+    return text
+
+
+def _warning_dirs(warnings) -> set[str]:
+    out = set()
+    for w in warnings:
+        m = re.match(r"skipped (/\S+?/)[^/\s]+:", w)
+        if m:
+            out.add(m.group(1))
+    return out
 
 
 def _figure(chart, prefix: str, caption: str) -> str:

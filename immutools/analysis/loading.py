@@ -5,7 +5,13 @@ Loading a saved report reads JSON only: no image access, and none of the parsing
 
 Every loaded report gets a short, unique **image id** used as the key of every frame: the replica
 spec name for replicas (``report["image"]["provenance"]["spec"]``), otherwise the image file name
-without its container/compression suffixes; a repeated id gets ``#2``, ``#3``...
+without its container/compression suffixes (the **base id**). The same image loaded in several
+forms (``x.img`` and ``x.img.lz4``) gets its form added (``x [lz4]``); only a report repeated in the
+same form gets ``#2``, ``#3``...
+
+This module is the bottom of the analysis layer: it imports no other analysis module, and the
+helpers the others share (``entries``, ``as_dict``, ``as_list``, ``is_known``, ``is_yes``) are public
+here.
 """
 
 from __future__ import annotations
@@ -42,10 +48,20 @@ class LoadedReport:
     report: dict
     source: str                 # the path given (a .json report or an image), or "<dict>"
     source_kind: str            # "report" (saved JSON), "image" (scanned now) or "dict"
+    base_id: str = ""           # the image id before forms and repeats were told apart
+
+    def __post_init__(self):
+        if not self.base_id:
+            self.base_id = self.image_id
 
     @property
     def replica(self) -> bool:
-        return bool(_dict(_dict(self.report.get("image")).get("provenance")).get("replica"))
+        return bool(as_dict(as_dict(self.report.get("image")).get("provenance")).get("replica"))
+
+    @property
+    def form(self) -> str:
+        """The form the image was read in: raw, qcow2, lz4, zst, xz, bz2, gz, vmdk, ..."""
+        return image_form(self.report)
 
 
 @dataclass
@@ -59,12 +75,42 @@ def bundled_reports_dir() -> Path:
     return data_dir() / "reports"
 
 
-def _dict(value) -> dict:
+def as_dict(value) -> dict:
+    """``value`` if it is a dict, else ``{}``: reports come from images, so no field is trusted."""
     return value if isinstance(value, dict) else {}
 
 
-def _list(value) -> list:
+def as_list(value) -> list:
+    """``value`` if it is a list, else ``[]``."""
     return value if isinstance(value, list) else []
+
+
+def is_known(value) -> bool:
+    """Not None/NaN/NA (pandas hands missing values over in several forms)."""
+    if value is None:
+        return False
+    try:
+        return not bool(value != value)
+    except TypeError:      # pandas.NA refuses bool()
+        return False
+
+
+def is_yes(value) -> bool:
+    """A known, true value (``pandas.NA`` and NaN are not yes)."""
+    return is_known(value) and bool(value)
+
+
+def entries(reports) -> list[LoadedReport]:
+    """The ``LoadedReport``s of anything the analysis functions accept: a ``Frames`` or a
+    ``LoadResult`` (their ``reports``), or a list of ``LoadedReport``s, report dicts or paths
+    (paths to saved reports only: nothing is scanned here)."""
+    inner = getattr(reports, "reports", None)
+    if isinstance(inner, list) and all(isinstance(r, LoadedReport) for r in inner):
+        return inner
+    reports = list(reports)
+    if all(isinstance(r, LoadedReport) for r in reports):
+        return reports
+    return load_reports(reports, scan_images=False).reports
 
 
 def is_report(obj) -> bool:
@@ -99,8 +145,8 @@ def scan_report(path: str | os.PathLike, progress: bool | None = False) -> dict:
 
 
 def base_image_id(report: dict, source: str | None = None) -> str:
-    image = _dict(report.get("image"))
-    prov = _dict(image.get("provenance"))
+    image = as_dict(report.get("image"))
+    prov = as_dict(image.get("provenance"))
     spec = prov.get("spec")
     if prov.get("replica") and isinstance(spec, str) and spec:
         return spec
@@ -117,13 +163,20 @@ def base_image_id(report: dict, source: str | None = None) -> str:
     return name
 
 
-def assign_ids(entries: list[LoadedReport]) -> None:
+def assign_ids(loaded: list[LoadedReport]) -> None:
+    """Unique image ids: a base id loaded in several forms gets ``[form]`` on every copy but the
+    first form's; the same id in the same form again gets ``#2``, ``#3``..."""
+    forms: dict[str, list[str]] = {}
+    for entry in loaded:
+        forms.setdefault(entry.base_id, [])
+        if entry.form not in forms[entry.base_id]:
+            forms[entry.base_id].append(entry.form)
     seen: dict[str, int] = {}
-    for entry in entries:
-        base = entry.image_id
-        seen[base] = seen.get(base, 0) + 1
-        if seen[base] > 1:
-            entry.image_id = f"{base}#{seen[base]}"
+    for entry in loaded:
+        first_form = forms[entry.base_id][0]
+        name = entry.base_id if entry.form == first_form else f"{entry.base_id} [{entry.form}]"
+        seen[name] = seen.get(name, 0) + 1
+        entry.image_id = name if seen[name] == 1 else f"{name}#{seen[name]}"
 
 
 def _looks_like_json(path: Path) -> bool:
@@ -148,7 +201,7 @@ def load_reports(sources=None, *, scan_images: bool = True, progress: bool | Non
         sources = [sources]
     for item in sources:
         if isinstance(item, LoadedReport):
-            result.reports.append(LoadedReport(item.image_id, item.report, item.source, item.source_kind))
+            result.reports.append(LoadedReport(item.base_id, item.report, item.source, item.source_kind))
         elif isinstance(item, dict):
             if not is_report(item):
                 raise ReportLoadError("a dict given as a report has no schema_version/image")
@@ -209,11 +262,13 @@ def _load_folder(folder: Path, result: LoadResult, scan_images: bool, progress=F
 
 def normalize_for_saving(report: dict) -> dict:
     """A copy fit for ``data/reports``: the image path reduced to its file name (machine-independent),
-    timing statistics dropped. Everything else is the scan as it came."""
+    timing statistics and what this machine's decompression cache did (``image.cache``: hit,
+    stored, ...; it says nothing of the image) dropped. Everything else is the scan as it came."""
     out = json.loads(json.dumps(report))
-    image = _dict(out.get("image"))
+    image = as_dict(out.get("image"))
     if isinstance(image.get("path"), str):
         image["path"] = os.path.basename(image["path"])
+    image.pop("cache", None)
     out.pop("stats", None)
     return out
 
@@ -232,17 +287,30 @@ def saved_report_name(report: dict, source: str | None = None) -> str:
 # A saved report's image form (container, compression) -> the replica builder's form name.
 _FORM_OF = {("raw", None): "raw", ("raw", "bzip2"): "bz2", ("raw", "xz"): "xz", ("raw", "zstd"): "zst",
             ("raw", "lz4"): "lz4", ("raw", "gzip"): "gz", ("qcow2", None): "qcow2"}
+_COMPRESSION_SHORT = {"bzip2": "bz2", "zstd": "zst", "gzip": "gz"}
 
 
 def replica_form(report: dict) -> str:
     """The replica builder form (raw, bz2, qcow2, ...) a saved report's image was scanned in."""
-    image = _dict(report.get("image"))
+    image = as_dict(report.get("image"))
     return _FORM_OF.get((image.get("container"), image.get("compression")), "raw")
+
+
+def image_form(report: dict) -> str:
+    """The form an image was read in, as its file suffix names it: ``raw``, ``qcow2``, ``lz4``,
+    ``qcow2+xz`` (a container and a compression), ... (``raw`` when the report does not say)."""
+    image = as_dict(report.get("image"))
+    container = image.get("container") if isinstance(image.get("container"), str) else "raw"
+    compression = image.get("compression") if isinstance(image.get("compression"), str) else None
+    if compression is None:
+        return container
+    short = _COMPRESSION_SHORT.get(compression, compression)
+    return short if container == "raw" else f"{container}+{short}"
 
 
 def bundled_image_for(report: dict) -> Path | None:
     """The bundled image (``data/replicas/<file name>``) a saved report was made from, if present."""
-    name = _dict(report.get("image")).get("path")
+    name = as_dict(report.get("image")).get("path")
     if not isinstance(name, str) or not name:
         return None
     candidate = data_dir() / "replicas" / os.path.basename(name)
@@ -302,7 +370,7 @@ def refresh_reports(images: list[str] = (), out_dir: str | os.PathLike | None = 
                     log(f"{path}: kept: {exc}")
                 continue
             bundled = bundled_image_for(saved)
-            prov = _dict(_dict(saved.get("image")).get("provenance"))
+            prov = as_dict(as_dict(saved.get("image")).get("provenance"))
             if bundled is not None:
                 written.append(_write(scan_report(bundled), str(bundled), out, log))
             elif prov.get("replica") and isinstance(prov.get("spec"), str):

@@ -6,11 +6,10 @@ only interprets that language: it holds no knowledge of any distribution. Every 
 score keeps a trail (which check read which value and what it gave) and the evidence copied
 from the report rows it read.
 
-``sensitivity(...)`` moves each dimension weight by the rubric's factors (x0.5, x1.5) and
-reports how the ranking of the images, and the order of the reference families (the article's
-ordering), change. It states what it finds; it never adjusts anything to fit.
+The weight-sensitivity analysis lives in ``immutools.analysis.sensitivity``; this module knows
+nothing of frames or of other images.
 
-Pure Python (PyYAML for the file); pandas only for the frames the sensitivity check returns.
+Pure Python (PyYAML for the file).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from immutools.analysis.loading import AnalysisUsageError, LoadedReport, _dict, _list
+from immutools.analysis.loading import AnalysisUsageError, as_dict, as_list
 from immutools.paths import data_dir
 
 UNKNOWN = "unknown"
@@ -83,11 +82,11 @@ def _resolve(nodes, segments, star: bool) -> Resolved:
                 nxt.append((child, holder))
             elif selector == "*":
                 star = True
-                nxt.extend((item, item if isinstance(_dict(item).get("evidence"), list) else holder)
-                           for item in _list(child))
+                nxt.extend((item, item if isinstance(as_dict(item).get("evidence"), list) else holder)
+                           for item in as_list(child))
             else:
                 key, want = selector.split("=", 1)
-                match = next((item for item in _list(child) if isinstance(item, dict) and _str(item.get(key)) == want), None)
+                match = next((item for item in as_list(child) if isinstance(item, dict) and _str(item.get(key)) == want), None)
                 if match is not None:
                     nxt.append((match, match if isinstance(match.get("evidence"), list) else holder))
         nodes = nxt
@@ -237,16 +236,16 @@ class Rubric:
         if not isinstance(dims, dict) or not dims:
             raise RubricError(f"{source}: `dimensions` must be a non-empty mapping")
         self.dimensions = [self._dimension(k, v) for k, v in dims.items()]
-        ref = _dict(data.get("reference_order"))
+        ref = as_dict(data.get("reference_order"))
         self.reference_source = str(ref.get("source", ""))
         self.families = []
-        for n, fam in enumerate(_list(ref.get("families"))):
+        for n, fam in enumerate(as_list(ref.get("families"))):
             if not isinstance(fam, dict) or not isinstance(fam.get("name"), str) or not isinstance(fam.get("match"), dict):
                 raise RubricError(f"{source}: reference_order.families[{n}] needs a name and a match mapping")
             for path in fam["match"]:
                 parse_field(path)
             self.families.append(Family(fam["name"], dict(fam["match"])))
-        factors = _dict(data.get("sensitivity")).get("factors", [0.5, 1.5])
+        factors = as_dict(data.get("sensitivity")).get("factors", [0.5, 1.5])
         if not isinstance(factors, list) or not all(isinstance(f, (int, float)) and f > 0 for f in factors):
             raise RubricError(f"{source}: sensitivity.factors must be a list of positive numbers")
         self.factors = [float(f) for f in factors]
@@ -262,7 +261,7 @@ class Rubric:
         combine = spec.get("combine", "mean")
         if combine not in COMBINES:
             raise RubricError(f"{where}: combine must be one of {', '.join(COMBINES)}")
-        checks = _list(spec.get("checks"))
+        checks = as_list(spec.get("checks"))
         if not checks:
             raise RubricError(f"{where}: needs at least one check")
         otherwise = spec.get("otherwise", UNKNOWN)
@@ -283,7 +282,7 @@ class Rubric:
         weight = spec.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise RubricError(f"{where}: weight must be a number >= 0")
-        evidence = _list(spec.get("evidence")) if "evidence" in spec else []
+        evidence = as_list(spec.get("evidence")) if "evidence" in spec else []
         if "evidence" in spec and not isinstance(spec["evidence"], list):
             raise RubricError(f"{where}: evidence must be a list of field paths")
         for path in evidence:
@@ -291,14 +290,14 @@ class Rubric:
         if "first" in spec:
             if any(k in spec for k in ("field", "fields", "points", "measure")):
                 raise RubricError(f"{where}: a `first` check has no field/points of its own")
-            alts = _list(spec["first"])
+            alts = as_list(spec["first"])
             if not alts:
                 raise RubricError(f"{where}: `first` needs a list of checks")
             return Check(label, weight=float(weight), evidence=evidence,
                          alternatives=[self._check(a, f"{where}, alternative {n + 1}") for n, a in enumerate(alts)])
         if ("field" in spec) == ("fields" in spec):
             raise RubricError(f"{where}: give exactly one of `field` or `fields`")
-        fields = [spec["field"]] if "field" in spec else _list(spec["fields"])
+        fields = [spec["field"]] if "field" in spec else as_list(spec["fields"])
         if not fields:
             raise RubricError(f"{where}: `fields` is empty")
         for path in fields:
@@ -321,8 +320,11 @@ class Rubric:
         return {d.id: d.weight for d in self.dimensions}
 
     def score(self, report: dict) -> ScoreResult:
-        dims = [self._score_dimension(d, report) for d in self.dimensions]
-        return combine_overall(dims, self.weights)
+        return combine_overall(self.score_dimensions(report), self.weights)
+
+    def score_dimensions(self, report: dict) -> list[DimensionScore]:
+        """Each dimension's score for ``report`` (no overall: see ``combine_overall``)."""
+        return [self._score_dimension(d, report) for d in self.dimensions]
 
     def _score_dimension(self, dim: Dimension, report: dict) -> DimensionScore:
         outcomes = []
@@ -464,7 +466,7 @@ def _show_points(points) -> str:
 def _holder_evidence(holders: list[dict]) -> list[dict]:
     out = []
     for h in holders:
-        for ev in _list(h.get("evidence")):
+        for ev in as_list(h.get("evidence")):
             if isinstance(ev, dict) and ev not in out:
                 out.append(ev)
     return out
@@ -514,154 +516,3 @@ def load_rubric(path: str | Path | None = None) -> Rubric:
     except yaml.YAMLError as exc:
         raise RubricError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     return Rubric(data, str(path))
-
-
-# ------------------------------------------------------------------------------------------------
-# sensitivity
-# ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Sensitivity:
-    """What moving each weight does. ``table``: one row per weight change (and the baseline)."""
-
-    table: object                       # pandas DataFrame
-    baseline: dict                      # image id -> overall score
-    families: dict                      # image id -> reference family (or None)
-    reference: list[str]                # reference family order, most mutable first
-    present_families: list[str]         # reference families present in the data, reference order
-    reference_checkable: bool
-    reference_holds_at_baseline: bool | None
-    reference_robust: bool | None       # holds at baseline and under every change
-    ranking_robust: bool                # no pair of images swaps order under any change
-    summary: str
-
-
-def _ranking(scores: dict[str, float]) -> list[str]:
-    return sorted((i for i in scores if not math.isnan(scores[i])), key=lambda i: (scores[i], i))
-
-
-def _flipped_pairs(base: dict, new: dict) -> list[tuple[str, str]]:
-    ids = [i for i in base if not math.isnan(base[i]) and not math.isnan(new.get(i, math.nan))]
-    out = []
-    for n, a in enumerate(ids):
-        for b in ids[n + 1:]:
-            d0, d1 = base[a] - base[b], new[a] - new[b]
-            # A strict order that reverses, or becomes a tie, or a tie that splits, all count.
-            if (d0 > 1e-9 and d1 <= 1e-9) or (d0 < -1e-9 and d1 >= -1e-9) or (abs(d0) <= 1e-9 and abs(d1) > 1e-9):
-                out.append((a, b))
-    return out
-
-
-def _family_scores(scores: dict, families: dict) -> dict[str, float]:
-    import statistics
-
-    groups: dict[str, list[float]] = {}
-    for image, fam in families.items():
-        if fam is not None and not math.isnan(scores.get(image, math.nan)):
-            groups.setdefault(fam, []).append(scores[image])
-    return {fam: statistics.median(vals) for fam, vals in groups.items()}
-
-
-def _reference_holds(fam_scores: dict, order: list[str]) -> bool | None:
-    present = [f for f in order if f in fam_scores]
-    if len(present) < 2:
-        return None
-    return all(fam_scores[a] < fam_scores[b] - 1e-9 for a, b in zip(present, present[1:]))
-
-
-def sensitivity(reports, rubric: Rubric | None = None) -> Sensitivity:
-    """Move each dimension weight by each of the rubric's factors; report what changes.
-
-    ``reports``: anything ``frames`` accepts (``Frames``, ``LoadedReport``s, report dicts).
-    The reference families come from the rubric's ``reference_order`` (matched on report fields);
-    a family's score is the median of its images' overall scores.
-    """
-    import pandas as pd
-
-    from immutools.analysis.frames import _entries
-
-    rubric = rubric if rubric is not None else load_rubric()
-    entries: list[LoadedReport] = _entries(reports)
-    if not entries:
-        raise AnalysisUsageError("sensitivity needs at least one report")
-    dims = {e.image_id: [rubric._score_dimension(d, e.report) for d in rubric.dimensions] for e in entries}
-    families = {e.image_id: rubric.family_of(e.report) for e in entries}
-    reference = [f.name for f in rubric.families]
-    base_w = rubric.weights
-
-    def overall(weights):
-        return {i: combine_overall(ds, weights).overall for i, ds in dims.items()}
-
-    base = overall(base_w)
-    base_rank = _ranking(base)
-    base_fam = _family_scores(base, families)
-    present = [f for f in reference if f in base_fam]
-    rows = []
-
-    def row(dimension, factor, scores):
-        ranking = _ranking(scores)
-        fam = _family_scores(scores, families)
-        flipped = _flipped_pairs(base, scores)
-        shift = max((abs(ranking.index(i) - base_rank.index(i)) for i in ranking if i in base_rank), default=0)
-        fam_order = sorted(fam, key=lambda f: (fam[f], f))
-        return {
-            "dimension": dimension, "factor": factor,
-            "weight": base_w.get(dimension, math.nan) * factor if dimension in base_w else math.nan,
-            "change": "baseline" if dimension == "baseline" else f"{dimension} x{factor:g}",
-            "ranking": ranking, "family_order": " < ".join(fam_order) or None,
-            "family_scores": {f: round(s, 2) for f, s in fam.items()},
-            "reference_holds": _reference_holds(fam, reference),
-            "pairs_flipped": len(flipped), "flipped": flipped, "max_rank_shift": shift,
-        }
-
-    rows.append(row("baseline", 1.0, base))
-    for d in rubric.dimensions:
-        for factor in rubric.factors:
-            rows.append(row(d.id, factor, overall(dict(base_w, **{d.id: d.weight * factor}))))
-    table = pd.DataFrame(rows)
-    table["reference_holds"] = table["reference_holds"].astype("boolean")
-    changes = table.iloc[1:]
-    ranking_robust = bool((changes["pairs_flipped"] == 0).all())
-    checkable = len(present) >= 2
-    holds0 = rows[0]["reference_holds"]
-    robust = None
-    if checkable:
-        robust = bool(holds0) and bool(changes["reference_holds"].fillna(False).all())
-
-    lines = []
-    ref_text = " < ".join(reference) if reference else "(none)"
-    if not reference:
-        lines.append("No reference ordering in the rubric.")
-    elif not checkable:
-        seen = ", ".join(present) or "none"
-        lines.append(f"Reference ordering ({ref_text}, most mutable first): cannot be checked on this data: "
-                     f"reference families present: {seen}; at least two are needed.")
-    elif holds0 is False:
-        wrong = [f"{a} {base_fam[a]:.1f} is not below {b} {base_fam[b]:.1f}"
-                 for a, b in zip(present, present[1:]) if not base_fam[a] < base_fam[b] - 1e-9]
-        rescued = [r["change"] for r in rows[1:] if r["reference_holds"] is True]
-        lines.append(f"Reference ordering ({ref_text}) does NOT hold on this data at the rubric's weights: "
-                     f"computed family order {rows[0]['family_order']} "
-                     f"(median scores {', '.join(f'{f} {s:.1f}' for f, s in sorted(base_fam.items(), key=lambda x: x[1]))}); "
-                     f"out of order: {'; '.join(wrong)}. It holds under {len(rescued)} of {len(rows) - 1} weight changes"
-                     + (f" ({', '.join(rescued)})." if rescued else "."))
-    else:
-        broken = [r["change"] for r in rows[1:] if r["reference_holds"] is not True]
-        restricted = " < ".join(present)
-        if not broken:
-            lines.append(f"Reference ordering of the families present ({restricted}) holds at the rubric's weights "
-                         f"and under all {len(rows) - 1} weight changes (each weight x{', x'.join(f'{f:g}' for f in rubric.factors)}).")
-        else:
-            lines.append(f"Reference ordering of the families present ({restricted}) holds at the rubric's weights "
-                         f"but breaks under {len(broken)} of {len(rows) - 1} weight changes: {', '.join(broken)}.")
-    n_images = len([i for i in base if not math.isnan(base[i])])
-    if ranking_robust:
-        lines.append(f"Ranking of the {n_images} images: unchanged under every weight change.")
-    else:
-        moved = changes[changes["pairs_flipped"] > 0]
-        worst = moved.sort_values("pairs_flipped", ascending=False).iloc[0]
-        lines.append(f"Ranking of the {n_images} images: changes under {len(moved)} of {len(changes)} weight changes; "
-                     f"most under {worst['change']} ({worst['pairs_flipped']} image pairs change order, "
-                     f"largest shift {worst['max_rank_shift']} places).")
-    return Sensitivity(table, base, families, reference, present, checkable, holds0, robust, ranking_robust,
-                       "\n".join(lines))

@@ -1,7 +1,11 @@
 """The side-by-side comparison table ``immutools compare`` prints: one column per image.
 
-Rows are facts (OS, scores per rubric dimension, layout, update, paths, surface); columns are
-images, split into blocks that fit the terminal width, each block repeating the fact names.
+Rows are facts (OS, completeness, scores per rubric dimension, rank, layout, update, paths,
+surface); columns are images, split into blocks that fit the terminal width, each block repeating
+the fact names. An image that cannot be ranked (a guaranteed fact missing, or fewer rubric
+dimensions scored) shows ``not ranked`` and the reason in the rank row, ``INCOMPLETE`` in its
+completeness row, and is listed under the table: its overall score is never presented as if it
+were comparable.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ from __future__ import annotations
 import math
 import re
 
-from immutools.analysis.charts import _known, _yes
 from immutools.analysis.frames import Frames
+from immutools.analysis.loading import is_known as _known, is_yes as _yes
 
 KEY_PATHS = ("/", "/etc", "/usr", "/var", "/opt", "/home", "/boot")
 _STATE_SHORT = {"read-only": "ro", "volatile": "volatile", "persistent": "persistent"}
@@ -44,6 +48,9 @@ def comparison_rows(frames: Frames) -> tuple[list[str], list[tuple[str, list[str
     add("replica", [_yes(by_id[i].replica) for i in ids])
     add("collector", [by_id[i].collector for i in ids])
     add("partition table", [f"{by_id[i].table}, {by_id[i].partition_count} partitions" for i in ids])
+    add("completeness", [_completeness_cell(by_id[i]) for i in ids])
+    add("facts missing", [", ".join(by_id[i].missing_facts) or "none" if by_id[i].completeness != "not checked" else None
+                          for i in ids])
 
     scores = frames.scores
     rows.append(("# immutability score (0-100, higher = more immutable)", []))
@@ -52,6 +59,9 @@ def comparison_rows(frames: Frames) -> tuple[list[str], list[tuple[str, list[str
         title = sub["title"].iloc[0] if len(sub) else dim
         label = "OVERALL" if dim == "overall" else title
         add(label, [sub["score"].get(i, math.nan) for i in ids])
+    ranking = frames.ranking.set_index("image")
+    add("RANK (1 = most immutable)", [str(int(ranking.loc[i, "rank"])) if _yes(ranking.loc[i, "ranked"])
+                                      else "not ranked (see below)" for i in ids])
 
     rows.append(("# update", []))
     add("mechanism", [by_id[i].update_mechanism for i in ids])
@@ -93,6 +103,14 @@ def comparison_rows(frames: Frames) -> tuple[list[str], list[tuple[str, list[str
     return ids, rows
 
 
+def _completeness_cell(row) -> str:
+    status = str(row.completeness)
+    if status in ("complete", "incomplete"):
+        text = f"{status.upper() if status == 'incomplete' else status} {row.facts_observed}+{row.facts_inferred}/{row.facts_expected}"
+        return text
+    return status
+
+
 def render_comparison(frames: Frames, width: int = 120) -> str:
     ids, rows = comparison_rows(frames)
     fact_w = min(max(len(f) for f, _v in rows if not f.startswith("#")), 34)
@@ -125,6 +143,12 @@ def render_comparison(frames: Frames, width: int = 120) -> str:
             cells = [_clip(values[n], col_w[n]).ljust(col_w[n]) for n in block]
             out.append(_clip(fact, fact_w).ljust(fact_w) + "  " + "  ".join(cells).rstrip())
         out.append("")
+    out.append("completeness: observed+inferred/expected facts the distribution's documentation guarantees "
+               "(inferred = documented default, not seen in the image).")
+    ranking = frames.ranking
+    for r in ranking[~ranking["ranked"].fillna(False).astype(bool)].itertuples(index=False):
+        out.append(f"NOT RANKED: {r.image}: {r.note}")
+    out.append("")
     return "\n".join(out)
 
 
