@@ -364,11 +364,7 @@ FIELDS = {
 
 # Disagreements found by these comparisons in code outside the real-system work; strict, so a
 # fix shows up as an unexpected pass.
-KNOWN_DEFECTS = {
-    ("dps-usr-ab", "surface.sshd_enabled"):
-        "immutools/system/surface.py reports sshd enabled because rescue-ssh.target Requires= ssh.service, though "
-        "nothing reachable from default.target pulls rescue-ssh.target in (Enablement.enabled ignores reachable)",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 
 def _cases(images, marks=()):

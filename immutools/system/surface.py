@@ -290,7 +290,9 @@ class _Inventory:
                 if preset and preset.path:
                     row["evidence"].append(self.ev(preset.path, f"preset line {preset.line}: {preset.action} {preset.pattern}", observed=False))
                 units_rows.append(row)
-                enabled = enabled or state.enabled
+                # starts at boot: pulled in, and (when default.target is known) by a chain that
+                # starts there -- a unit only a rescue target requires does not run
+                enabled = enabled or (state.enabled and state.reachable is not False)
         return binaries, units_rows, enabled
 
     def package_managers(self) -> tuple[list[dict], list[dict]]:
