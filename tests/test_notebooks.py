@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from incomplete_reports import incomplete
 from replicas import build_replica
-from report_variants import REPORTS
+from report_variants import REPORTS, base_report
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -89,6 +90,58 @@ def test_notebook_runs_on_the_bundled_reports(name):
     n_reports = len(list(REPORTS.glob("*.json")))
     assert f"{n_reports} images" in text
     assert images_shown(nb) >= 1, "the notebook's chart did not display"
+    # Every notebook shows each image's completeness.
+    n_incomplete = sum(json.loads(p.read_text()).get("completeness", {}).get("status") == "incomplete"
+                       for p in REPORTS.glob("*.json"))
+    assert f"{n_incomplete} incomplete (facts their distribution guarantees are missing)" in text
+    assert "completeness" in text and "facts_missing" in text
+
+
+def _with_parameter(nb, value):
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell(f"SOURCES = {value!r}")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(index + 1, injected)
+    return nb
+
+
+def test_notebooks_mark_an_incomplete_image_and_do_not_rank_it(tmp_path):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "good.json").write_text((REPORTS / "flatcar-stable-4593-amd64-updated.json").read_text())
+    (folder / "bad.json").write_text(json.dumps(incomplete(base_report(), ("/", "/usr"), spec="flatcar-built-elsewhere")))
+    nb = execute(_with_parameter(read(NAMES[0]), str(folder)))
+    text = outputs_text(nb)
+    assert "2 images; 2 of them replicas; 1 incomplete" in text
+    assert "INCOMPLETE flatcar-built-elsewhere: missing mount /, mount /usr" in text
+    assert "incomplete: 2 facts missing" in text                  # the ranking frame's marker
+    assert "Not ranked, so left out of every ranking above (1)" in text
+
+
+def test_analysis_extra_is_pinned_and_opens_the_notebooks(tmp_path):
+    """The `analysis` extra names what running and opening the notebooks needs (JupyterLab,
+    nbconvert, the kernel), requirements.lock pins each, and the real tools run: nbconvert executes
+    a notebook to a file with its chart, and JupyterLab answers its version."""
+    import subprocess
+    import sys
+    import tomllib
+
+    root = NOTEBOOKS.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["analysis"]
+    pins = {re.split(r"==", line)[0].lower().replace("_", "-")
+            for line in (root / "requirements.lock").read_text().splitlines() if "==" in line and not line.startswith("#")}
+    for req in extra:
+        name = re.split(r"[<>=!~ \[]", req)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} (analysis extra) is not pinned in requirements.lock"
+    assert {"jupyterlab", "nbconvert"} <= {re.split(r"[<>=!~ \[]", r)[0].lower() for r in extra}
+    proc = subprocess.run([sys.executable, "-m", "jupyterlab", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and re.match(r"^\d+\.\d+", proc.stdout.strip()), proc.stderr[-1000:]
+    proc = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                           "--output-dir", str(tmp_path), str(NOTEBOOKS / f"{NAMES[0]}.ipynb")],
+                          capture_output=True, text=True, timeout=600, cwd=NOTEBOOKS)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    executed = nbformat.read(tmp_path / f"{NAMES[0]}.ipynb", as_version=4)
+    assert images_shown(executed) >= 2
 
 
 def test_notebook_runs_on_a_folder_given_as_parameter(tmp_path):
