@@ -224,11 +224,12 @@ IMAGE_COLUMNS = [
 
 
 def image_label(entry: LoadedReport) -> tuple[str, str]:
-    """(one-line label, two-line chart label): the image id, OS id, version, arch, ``replica``, and
-    ``INCOMPLETE: n facts missing`` when the report lacks guaranteed facts."""
+    """(one-line label, two-line chart label): the image id, the distribution's name, version, arch,
+    ``replica``, and ``INCOMPLETE: n facts missing`` when the report lacks guaranteed facts."""
     report = entry.report
     os_ = as_dict(report.get("os"))
-    bits = [str(x) for x in (os_.get("id") or os_.get("name"), os_.get("version"), os_.get("arch")) if x]
+    known = os_.get("id") or os_.get("name") or os_.get("pretty_name")
+    bits = [str(x) for x in (display_name(report) if known else None, os_.get("version"), os_.get("arch")) if x]
     second = " ".join(bits) or "unknown OS"
     if entry.replica:
         second += " · replica"
@@ -269,7 +270,8 @@ def display_name(report: dict) -> str:
 def images_frame(reports) -> pd.DataFrame:
     """One row per image.
 
-    Columns: ``image`` (id), ``label`` (one line: id, OS id, version, arch, "replica"),
+    Columns: ``image`` (id), ``label`` (one line: id, distribution, version, arch, "replica",
+    "INCOMPLETE: n facts missing"),
     ``chart_label`` (the same on two lines), ``base_image`` (the id without the form or repeat
     suffix: the same image in several forms shares it), ``form`` (raw, qcow2, lz4, ...),
     ``os_id``, ``os_name``, ``os_pretty_name``, ``os_version``, ``os_variant``, ``arch``
