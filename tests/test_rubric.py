@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from incomplete_reports import incomplete
 from report_variants import add_package_manager, base_report, drop_login, set_path_state, variants
 
 from immutools import frames
@@ -277,7 +278,13 @@ def check_sensitivity_against_recomputation(reports, rubric):
     f = frames.frames_from(reports, rubric=rubric)
     sens = sensitivity(f, rubric)
     sc = f.scores[f.scores["dimension"] != "overall"]
-    per_image = {img: dict(zip(g["dimension"].astype(str), g["score"])) for img, g in sc.groupby("image", observed=True)}
+    # Only comparable images take part: every dimension scored and no guaranteed fact missing.
+    comparable = {e.image_id for e in f.reports
+                  if not sc[sc["image"] == e.image_id]["score"].isna().any()
+                  and (e.report.get("completeness") or {}).get("status") != "incomplete"}
+    assert set(sens.excluded) == {e.image_id for e in f.reports} - comparable
+    per_image = {img: dict(zip(g["dimension"].astype(str), g["score"])) for img, g in sc.groupby("image", observed=True)
+                 if img in comparable}
     fam = {e.image_id: rubric.family_of(e.report) for e in f.reports}
     base_w = rubric.weights
     base = {i: independent_overall(s, base_w) for i, s in per_image.items()}
@@ -362,3 +369,29 @@ def test_sensitivity_says_when_the_reference_order_fails(rubric):
     sens = check_sensitivity_against_recomputation(list(v.values()), rubric)
     assert sens.reference_holds_at_baseline is False and sens.reference_robust is False
     assert "does NOT hold" in sens.summary and "out of order: Bottlerocket" in sens.summary
+
+
+def test_sensitivity_leaves_out_images_that_cannot_be_ranked(rubric):
+    """An incomplete image and one scored on fewer dimensions take no part in the rankings the
+    sensitivity check compares, and the summary names them with the reason."""
+    v = variants()
+    broken = incomplete(v["flatcar"], ("/", "/usr"), spec="flatcar-built-elsewhere")
+    fewer = copy.deepcopy(v["synthetic-talos"])
+    fewer["image"]["provenance"]["spec"] = "talos-without-surface"
+    fewer["surface"] = None
+    sens = check_sensitivity_against_recomputation(list(v.values()) + [broken, fewer], rubric)
+    assert set(sens.excluded) == {"flatcar-built-elsewhere", "talos-without-surface"}
+    assert "flatcar-built-elsewhere" not in sens.baseline and "talos-without-surface" not in sens.baseline
+    assert all("flatcar-built-elsewhere" not in r for r in sens.table["ranking"])
+    assert "Not ranked, so left out of every ranking above (2)" in sens.summary
+    assert "incomplete: 2 guaranteed facts missing (mount /, mount /usr)" in sens.summary
+    assert "scored on" in sens.summary and "not scored: " in sens.summary
+
+
+def test_sensitivity_table_labels_each_change_in_words(rubric):
+    sens = sensitivity(list(variants().values()), rubric)
+    labels = dict(zip(sens.table["change"], sens.table["label"]))
+    assert labels["baseline"] == "the rubric's weights (baseline)"
+    for d in rubric.dimensions:
+        for factor in rubric.factors:
+            assert labels[f"{d.id} x{factor:g}"] == f"{d.title}: weight x{factor:g} ({d.weight:g} -> {d.weight * factor:g})"
