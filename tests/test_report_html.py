@@ -306,7 +306,9 @@ def test_report_lists_skipped_inputs(tmp_path, capsys):
     out = tmp_path / "r.html"
     _out, err = cli(capsys, "report", folder, "-o", out)
     assert "skipped" in err and "README" in err
-    assert "Inputs skipped" in Path(out).read_text()
+    text = Path(out).read_text()
+    assert "Inputs skipped" in text and "README" in text
+    assert str(tmp_path) not in text                      # named by file name, not by local path
 
 
 def test_compare_marks_an_incomplete_image(tmp_path, capsys):

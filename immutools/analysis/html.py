@@ -253,8 +253,10 @@ Higher score = more immutable (0-100).{_incomplete_lead(images)}</p>
     # --- spectrum + sensitivity ------------------------------------------------------------------
     out.append('<h2 id="spectrum">Immutability spectrum</h2>')
     out.append(_figure(charts_mod.spectrum(frames, rubric=rubric), "c1",
-                       "Every image on one 0-100 axis (top), then one row per image. The score is the weighted mean of the "
-                       "rubric dimensions below; weights are in the heatmap's column headers."))
+                       "Every image on one 0-100 axis (top), then one row per image (its forms folded), ranked images first "
+                       "with their rank; images that cannot be ranked (incomplete, or scored on fewer dimensions) below the "
+                       "divider, hollow, with the reason. The score is the weighted mean of the rubric dimensions below; "
+                       "weights are in the heatmap's column headers."))
     sens = sensitivity(frames, rubric)
     out.append("<h3>Sensitivity of the ranking to the weights</h3>")
     out.append(f"<pre>{_e(sens.summary)}</pre>")
