@@ -229,11 +229,6 @@ def _family_styles(families: dict[str, str], rubric=None) -> dict[str, tuple[str
             for i, name in enumerate(names)}
 
 
-def _short(text, width: int) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def human_size(n) -> str:
     """Bytes as ``512 MiB``, ``2.1 GiB``; ``?`` when unknown."""
     if n is None or (isinstance(n, float) and math.isnan(n)):
