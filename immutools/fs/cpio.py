@@ -24,8 +24,12 @@ the entry), so every entry of a sloppy archive stays visible; such directories a
 ``implied_dirs``.
 
 A damaged or truncated segment stops the unpacking there, keeps what came before (the kernel does
-the same and boots what it unpacked) and adds a warning; ``strict=True`` raises instead. File data
-are ``memoryview`` slices of the (decompressed) segment, never copied until read.
+the same and boots what it unpacked) and adds a warning; ``strict=True`` raises instead.
+
+Memory stays bounded whatever the archive holds: headers are read through a 1 MiB window, a raw
+segment's file data stay in the input (an entry records where), and a compressed segment is
+decoded by ``compressed.decompress_stream``, in memory up to ``MEMORY_BUDGET`` bytes for the whole
+archive and beyond that into a sparse temporary file; file data are read from there on demand.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from immutools.errors import (
 )
 from immutools.fs import compressed
 from immutools.fs.base import FileSystem, Stat
-from immutools.image.source import ByteSource, BytesSource
+from immutools.image.source import ByteSource
 from immutools.limits import DEFAULT_LIMITS, Limits
 
 NEWC_MAGIC = b"070701"
@@ -54,6 +58,8 @@ HEADER_SIZE = 110               # 6-byte magic + 13 fields of 8 hex digits
 PATH_MAX = 4096
 TRAILER = b"TRAILER!!!"
 _HEX_FIELDS = re.compile(rb"[0-9A-Fa-f]{104}")
+WINDOW = 1 << 20                # header/name reads come from a window of this many bytes
+MEMORY_BUDGET = 32 << 20        # decoded segment bytes kept in memory per archive; the rest is spilled
 
 
 def _align4(n: int) -> int:
@@ -69,7 +75,7 @@ class _Inode:
     nlink: int = 1
     ino: int = 0
     rdev: int | None = None
-    data: memoryview | None = None           # regular files
+    data: "_Data | None" = None              # regular files
     target: str | None = None                # symlinks
     children: dict[str, "_Inode"] | None = None  # directories
     serial: int = 0                          # unique id (cpio inode numbers repeat across archives)
@@ -79,6 +85,54 @@ class _Inode:
     @property
     def is_dir(self) -> bool:
         return self.children is not None
+
+
+@dataclass(frozen=True)
+class _Data:
+    """A regular file's bytes: ``size`` bytes at ``offset`` of ``source`` (the input or a decoded segment)."""
+
+    source: ByteSource
+    offset: int
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= self.size:
+            return b""
+        return self.source.read_at(self.offset + offset, min(length, self.size - offset))
+
+
+class _Reader:
+    """Random reads of small pieces (headers, names) through one ``WINDOW``-sized buffer."""
+
+    def __init__(self, source: ByteSource):
+        self.source = source
+        self.size = source.size
+        self._start = 0
+        self._buf = b""
+
+    def read(self, pos: int, n: int) -> bytes:
+        if pos < self._start or pos + n > self._start + len(self._buf):
+            if n > WINDOW:
+                return self.source.read_at(pos, n)
+            self._start, self._buf = pos, self.source.read_at(pos, WINDOW)
+        rel = pos - self._start
+        return self._buf[rel : rel + n]
+
+    def byte(self, pos: int) -> int:
+        b = self.read(pos, 1)
+        return b[0] if b else 0
+
+    def skip_zeros(self, pos: int, end: int) -> int:
+        """The first non-zero offset in [pos, end), else ``end``."""
+        while pos < end:
+            window = self.read(pos, min(end - pos, WINDOW))
+            if not window:
+                return end
+            stripped = window.lstrip(b"\0")
+            if stripped:
+                return pos + len(window) - len(stripped)
+            pos += len(window)
+        return end
 
 
 @dataclass
@@ -124,6 +178,8 @@ class CpioArchive(FileSystem):
         self._serial = 0
         self._entry_count = 0
         self._decompressed_total = 0
+        self._in_memory = 0                # decoded bytes held in memory (the rest is in temporary files)
+        self._decoded: list[ByteSource] = []   # decoded segments, closed with the archive
         self._root_inode = self._new_inode(mode=stat_mod.S_IFDIR | 0o755, children={})
         self._unpack()
 
@@ -142,16 +198,16 @@ class CpioArchive(FileSystem):
                 f"{self.source.name}: initramfs of {self.source.size} bytes is larger than the "
                 f"{self.limits.max_nested_bytes}-byte nested-object limit"
             )
-        raw = memoryview(self.source.read_at(0, self.source.size))
+        raw = _Reader(self.source)
         pos = 0
-        end = len(raw)
+        end = raw.size
         while pos < end:
-            if raw[pos] == 0:                      # zero padding between segments
-                nxt = _skip_zeros(raw, pos, end)
-                pos = nxt
+            first = raw.byte(pos)
+            if first == 0:                         # zero padding between segments
+                pos = raw.skip_zeros(pos, end)
                 continue
             try:
-                if raw[pos] == 0x30 and not pos & 3:   # '0' on a 4-byte boundary: a raw cpio archive
+                if first == 0x30 and not pos & 3:  # '0' on a 4-byte boundary: a raw cpio archive
                     pos = self._raw_segment(raw, pos)
                 else:
                     pos = self._compressed_segment(raw, pos)
@@ -178,78 +234,87 @@ class CpioArchive(FileSystem):
             raise CorruptDataError(message)
         self.warnings.append(message)
 
-    def _raw_segment(self, raw: memoryview, pos: int) -> int:
+    def _raw_segment(self, raw: _Reader, pos: int) -> int:
         """One uncompressed cpio archive in the input, up to and including its TRAILER."""
         state = _ParseState()
         seg_index = len(self.segments)
         seg = {"offset": pos, "compression": "none", "size": 0, "decompressed_size": 0, "entries": 0, "archives": 0}
         self.segments.append(seg)
         try:
-            after = self._parse_archive(raw, pos, len(raw), state, seg_index)
+            after = self._parse_archive(raw, pos, raw.size, state, seg_index)
         finally:
             seg["entries"] = state.entries
             seg["archives"] = state.archives
         seg["size"] = seg["decompressed_size"] = after - pos
         # The kernel requires whatever follows an archive's zero padding to be 4-byte aligned.
-        nxt = _skip_zeros(raw, after, len(raw))
-        if nxt < len(raw) and nxt & 3:
+        nxt = raw.skip_zeros(after, raw.size)
+        if nxt < raw.size and nxt & 3:
             raise _Stop(f"{self.source.name}: broken padding after the cpio archive at offset {pos} (next data at offset {nxt})")
         return after
 
-    def _compressed_segment(self, raw: memoryview, pos: int) -> int:
-        kind = compressed.detect_compression(raw[pos : pos + 6])
+    def _compressed_segment(self, raw: _Reader, pos: int) -> int:
+        head = raw.read(pos, 6)
+        kind = compressed.detect_compression(head)
         if kind is None:
-            if bytes(raw[pos : pos + 6]) == ODC_MAGIC:
+            if head == ODC_MAGIC:
                 raise UnsupportedFeatureError(f"{self.source.name}: old (odc) cpio format at offset {pos} is not an initramfs format")
             raise _Stop(f"{self.source.name}: no cpio magic and no known compression at offset {pos}")
         budget = self.limits.max_nested_bytes - self._decompressed_total
         try:
-            data, used = compressed.decompress_one(raw, pos, kind, budget)
-        except LimitExceededError:
+            data, used = compressed.decompress_stream(
+                self.source, pos, kind, budget, name=f"{self.source.name}@{pos}:{kind}",
+                memory_budget=MEMORY_BUDGET - self._in_memory)
+        except LimitExceededError as exc:
+            if "decompresses to more than" not in str(exc):
+                raise LimitExceededError(f"{self.source.name}: segment at offset {pos}: {exc}") from None
             raise LimitExceededError(
                 f"{self.source.name}: initramfs decompresses to more than {self.limits.max_nested_bytes} bytes "
                 f"(segment at offset {pos}, {kind})"
             ) from None
-        self._decompressed_total += len(data)
-        self.source.stats.bytes_decompressed += len(data)
-        view = memoryview(data)
+        self._decompressed_total += data.size
+        if not isinstance(data, compressed.SpillSource):
+            self._in_memory += data.size
+        self._decoded.append(data)
+        self.source.stats.bytes_decompressed += data.size
         state = _ParseState()
         seg_index = len(self.segments)
-        seg = {"offset": pos, "compression": kind, "size": used, "decompressed_size": len(data), "entries": 0, "archives": 0}
+        seg = {"offset": pos, "compression": kind, "size": used, "decompressed_size": data.size, "entries": 0, "archives": 0}
         self.segments.append(seg)
         try:
-            self._parse_stream(view, state, seg_index, where=f"{kind} segment at offset {pos}")
+            self._parse_stream(_Reader(data), state, seg_index, where=f"{kind} segment at offset {pos}")
         finally:
             seg["entries"] = state.entries
             seg["archives"] = state.archives
         return pos + used
 
-    def _parse_stream(self, buf: memoryview, state: _ParseState, seg_index: int, where: str) -> None:
+    def _parse_stream(self, buf: _Reader, state: _ParseState, seg_index: int, where: str) -> None:
         """All archives inside one decompressed stream (zero padding allowed between them)."""
-        pos, end = 0, len(buf)
+        pos, end = 0, buf.size
         while pos < end:
-            if buf[pos] == 0:
-                pos = _skip_zeros(buf, pos, end)
+            first = buf.byte(pos)
+            if first == 0:
+                pos = buf.skip_zeros(pos, end)
                 continue
             if pos & 3:
                 raise _Stop(f"{self.source.name}: {where}: broken padding at offset {pos} of the decompressed data")
-            if buf[pos] != 0x30:
+            if first != 0x30:
                 raise _Stop(f"{self.source.name}: {where}: junk at offset {pos} of the decompressed data")
             pos = self._parse_archive(buf, pos, end, state, seg_index, where)
 
-    def _parse_archive(self, buf: memoryview, pos: int, end: int, state: _ParseState, seg_index: int, where: str | None = None) -> int:
+    def _parse_archive(self, buf: _Reader, pos: int, end: int, state: _ParseState, seg_index: int, where: str | None = None) -> int:
         """Entries from ``pos`` through the TRAILER; returns the offset after the trailer's padding."""
         where = where or f"raw cpio segment at offset {pos}"
         state.links = {}
         while True:
             if pos + HEADER_SIZE > end:
                 raise _Stop(f"{self.source.name}: {where}: truncated cpio header at offset {pos} (archive has no TRAILER!!!)")
-            magic = bytes(buf[pos : pos + 6])
+            header = buf.read(pos, HEADER_SIZE)
+            magic = header[:6]
             if magic not in (NEWC_MAGIC, CRC_MAGIC):
                 if magic == ODC_MAGIC:
                     raise UnsupportedFeatureError(f"{self.source.name}: {where}: old (odc) cpio format is not an initramfs format")
                 raise _Stop(f"{self.source.name}: {where}: no cpio magic at offset {pos}")
-            fields = bytes(buf[pos + 6 : pos + HEADER_SIZE])
+            fields = header[6:HEADER_SIZE]
             if not _HEX_FIELDS.fullmatch(fields):
                 raise _Stop(f"{self.source.name}: {where}: cpio header at offset {pos} has non-hex fields")
             hdr = _Header(*(int(fields[i : i + 8], 16) for i in range(0, 104, 8)))
@@ -263,25 +328,32 @@ class CpioArchive(FileSystem):
                     f"{hdr.filesize}-byte data but only {end - name_start} bytes remain"
                 )
             next_pos = _align4(data_end)
-            if hdr.namesize == 0 or buf[name_end - 1] != 0:
+            if hdr.namesize == 0 or buf.byte(name_end - 1) != 0:
                 raise _Stop(f"{self.source.name}: {where}: entry at offset {pos}: name is not NUL-terminated")
+            if hdr.namesize > PATH_MAX:
+                # Never read: the kernel skips such names, and none can be the trailer.
+                self._count_entry(state)
+                self.warnings.append(f"{where}: entry at offset {pos}: name longer than {PATH_MAX} bytes skipped (as the kernel does)")
+                pos = next_pos
+                continue
             # The kernel uses the name as a C string: anything after an inner NUL is ignored.
-            name = bytes(buf[name_start : name_end - 1]).split(b"\0", 1)[0]
+            name = buf.read(name_start, hdr.namesize - 1).split(b"\0", 1)[0]
             if name == TRAILER:
                 state.archives += 1
                 return min(next_pos, end)
-            self._entry_count += 1
-            if self._entry_count > self.limits.max_walk_entries:
-                raise LimitExceededError(f"{self.source.name}: initramfs has more than {self.limits.max_walk_entries} entries")
-            state.entries += 1
-            if hdr.namesize > PATH_MAX:
-                self.warnings.append(f"{where}: entry at offset {pos}: name longer than {PATH_MAX} bytes skipped (as the kernel does)")
-            else:
-                self._add_entry(name, hdr, buf[data_start:data_end], state, seg_index, where)
+            self._count_entry(state)
+            self._add_entry(name, hdr, buf, data_start, state, seg_index, where)
             pos = next_pos
 
+    def _count_entry(self, state: _ParseState) -> None:
+        self._entry_count += 1
+        if self._entry_count > self.limits.max_walk_entries:
+            raise LimitExceededError(f"{self.source.name}: initramfs has more than {self.limits.max_walk_entries} entries")
+        state.entries += 1
+
     # ---- building the tree -------------------------------------------------------------------
-    def _add_entry(self, raw_name: bytes, hdr: _Header, body: memoryview, state: _ParseState, seg_index: int, where: str) -> None:
+    def _add_entry(self, raw_name: bytes, hdr: _Header, buf: _Reader, data_start: int, state: _ParseState,
+                   seg_index: int, where: str) -> None:
         name = os.fsdecode(raw_name) if raw_name else ""
         mode = hdr.mode & 0xFFFFFFFF
         ftype = stat_mod.S_IFMT(mode)
@@ -303,7 +375,7 @@ class CpioArchive(FileSystem):
             if hdr.filesize > PATH_MAX:
                 self.warnings.append(f"{where}: symlink {name!r}: target longer than {PATH_MAX} bytes skipped")
                 return
-            target = os.fsdecode(bytes(body).split(b"\0", 1)[0])
+            target = os.fsdecode(buf.read(data_start, hdr.filesize).split(b"\0", 1)[0])
             if not self._clear(parent, leaf, existing, None, name, where):
                 return
             node = self._new_inode(mode=mode, target=target)
@@ -335,8 +407,8 @@ class CpioArchive(FileSystem):
                 if not self._clear(parent, leaf, existing, None, name, where):
                     return
                 parent.children[leaf] = first
-                if ftype == stat_mod.S_IFREG and len(body):
-                    first.data = body
+                if ftype == stat_mod.S_IFREG and hdr.filesize:
+                    first.data = _Data(buf.source, data_start, hdr.filesize)
                 if ftype == stat_mod.S_IFREG:
                     self._set_meta(first, hdr, seg_index)
                 return
@@ -351,7 +423,7 @@ class CpioArchive(FileSystem):
                 node.rdev = os.makedev(hdr.rdevmajor & 0xFFF, hdr.rdevminor & 0xFFFFF)
             parent.children[leaf] = node
         if ftype == stat_mod.S_IFREG:
-            node.data = body
+            node.data = _Data(buf.source, data_start, hdr.filesize)
         self._set_meta(node, hdr, seg_index)
         if hdr.nlink >= 2:
             state.links[(hdr.ino, hdr.devmajor, hdr.devminor, ftype)] = node
@@ -412,7 +484,7 @@ class CpioArchive(FileSystem):
 
     def _stat_node(self, ref: _Inode) -> Stat:
         if ref.data is not None:
-            size = len(ref.data)
+            size = ref.data.size
         elif ref.target is not None:
             size = len(os.fsencode(ref.target))
         else:
@@ -427,8 +499,7 @@ class CpioArchive(FileSystem):
         return (ref.children or {}).get(name)
 
     def _read_node(self, ref: _Inode, offset: int, length: int) -> bytes:
-        data = ref.data if ref.data is not None else memoryview(b"")
-        return bytes(data[offset : offset + length])
+        return ref.data.read(offset, length) if ref.data is not None else b""
 
     def _readlink_node(self, ref: _Inode) -> str:
         if ref.target is None:
@@ -440,12 +511,18 @@ class CpioArchive(FileSystem):
 
     # ---- extras ------------------------------------------------------------------------------
     def open_source(self, path: str) -> ByteSource:
-        """A zero-copy ``ByteSource`` over a regular file's data (e.g. ``/rootfs.sqsh``)."""
+        """A zero-copy ``ByteSource`` over a regular file's data (e.g. ``/rootfs.sqsh``): a window
+        of the input or of the decoded segment that holds it."""
         ref = self._resolve(path, True)
         if ref.data is None or stat_mod.S_IFMT(ref.mode) != stat_mod.S_IFREG:
             raise FileSystemError(f"{path}: not a regular file")
-        # (own stats: reads from memory are not reads of the input)
-        return BytesSource(ref.data, name=f"{self.source.name}:{path}")
+        return ref.data.source.slice(ref.data.offset, ref.data.size, name=f"{self.source.name}:{path}")
+
+    def close(self) -> None:
+        """Release the decoded segments (their temporary files)."""
+        for src in self._decoded:
+            src.close()
+        self._decoded.clear()
 
     def segment_of(self, path: str) -> int | None:
         """Index in ``segments`` of the segment whose entry defines ``path`` (not following a final symlink)."""
@@ -453,17 +530,6 @@ class CpioArchive(FileSystem):
 
     def file_count(self) -> int:
         return self._entry_count
-
-
-def _skip_zeros(buf: memoryview, pos: int, end: int) -> int:
-    # bytes.lstrip would copy the rest of the buffer; scan in windows instead.
-    while pos < end:
-        window = bytes(buf[pos : min(end, pos + 65536)])
-        stripped = window.lstrip(b"\0")
-        if stripped:
-            return pos + len(window) - len(stripped)
-        pos += len(window)
-    return end
 
 
 def _normalise(name: str) -> list[str]:

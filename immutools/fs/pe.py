@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass, field
 
 from immutools.errors import CorruptDataError, ImmutoolsError, UnsupportedImageError
-from immutools.image.source import ByteSource, BytesSource
+from immutools.image.source import ByteSource
 from immutools.limits import DEFAULT_LIMITS, Limits
 
 MAX_SECTIONS = 1024          # PE allows 65535; real UKIs have ~15 (more with profiles)
@@ -296,17 +296,19 @@ def kernel_info(source: ByteSource, limits: Limits = DEFAULT_LIMITS, _depth: int
 
 
 def _decompressed_payload(source: ByteSource, offset: int, size: int, limits: Limits) -> ByteSource | None:
-    from immutools.fs.compressed import decompress_one, detect_compression
+    """The decoded payload at ``offset`` (streamed: memory up to a small budget, then a sparse
+    temporary file), or None when it is not a stream we decode or it breaks a limit."""
+    from immutools.fs.compressed import decompress_stream, detect_compression
 
     if offset >= source.size or size <= 0 or size > limits.max_nested_bytes:
         return None
-    data = source.read_at(offset, size)
-    kind = detect_compression(data[:6])
+    payload = source.slice(offset, min(size, source.size - offset), name=f"{source.name}:payload")
+    kind = detect_compression(payload.read_at(0, 6))
     if kind is None:
         return None
     try:
-        out, _used = decompress_one(data, 0, kind, limits.max_nested_bytes)
+        out, _used = decompress_stream(payload, 0, kind, limits.max_nested_bytes, name=f"{source.name}:payload")
     except ImmutoolsError:
         return None
-    source.stats.bytes_decompressed += len(out)
-    return BytesSource(out, name=f"{source.name}:payload")
+    source.stats.bytes_decompressed += out.size
+    return out
