@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from immutools.errors import ImageIOError, ImmutoolsError, UnsupportedImageError
+from immutools.errors import ImageIOError, ImmutoolsError, LimitExceededError, UnsupportedImageError
 from immutools.fs.base import FileSystem
 from immutools.fs.probe import FILESYSTEM_TYPES, PROBED_SIGNATURES, FsIdentity, identify
 from immutools.image.source import ByteSource, ReadStats, SliceSource
@@ -131,8 +131,20 @@ class DiskImage:
             ident = self._safe_identify(disk, "whole disk")
             if ident.fstype in ("zero", "unknown", "unreadable"):
                 what = "it is all zero" if ident.fstype == "zero" else "no partition table and no known filesystem"
+                if ident.details.get("rejected"):
+                    what += f" ({'; '.join(ident.details['rejected'])})"
                 raise UnsupportedImageError(f"{disk.name}: not a disk image: {what}")
-            self.volumes.append(Volume(0, disk, ident))
+            volume = Volume(0, disk, ident)
+            self.volumes.append(volume)
+            if ident.mountable:
+                # The filesystem is the whole image: if it cannot be opened, nothing is readable.
+                try:
+                    self._fs_cache[0] = self._open_filesystem(volume)
+                except LimitExceededError:
+                    raise
+                except (ImmutoolsError, OSError, ValueError, EOFError) as exc:
+                    raise UnsupportedImageError(f"{disk.name}: not a readable disk image: "
+                                                f"{ident.fstype} superblock, but {_reason(exc)}") from None
             return
         for part in self.table.partitions:
             src = SliceSource(disk, part.start, part.size, name=f"{disk.name}#p{part.number}")
@@ -150,6 +162,9 @@ class DiskImage:
         """A partition whose type promises a filesystem but whose content none of the probes
         recognised is a warning: a damaged superblock must not pass as an empty result."""
         if ident.fstype != "unknown":
+            return
+        if ident.details.get("rejected"):
+            self.warn(f"{label}: {'; '.join(ident.details['rejected'])}: not read")
             return
         _key, name, role = lookup_type(part.type_guid if part.type_guid else part.mbr_type) \
             if (part.type_guid or part.mbr_type is not None) else (None, None, None)
@@ -183,17 +198,18 @@ class DiskImage:
             return self._fs_cache[volume.number]
         fs = None
         if volume.fstype in FILESYSTEM_TYPES:
-            from immutools.fs import open_filesystem
-
-            with self.timer.measure(f"fs:{volume.fstype}"):
-                try:
-                    fs = open_filesystem(volume.source, volume.fstype, limits=self.limits)
-                except ImmutoolsError as exc:
-                    self.warn(f"{volume.describe()}: cannot read {volume.fstype} filesystem: {exc}")
-                except (OSError, ValueError, EOFError) as exc:
-                    self.warn(f"{volume.describe()}: cannot read {volume.fstype} filesystem: {type(exc).__name__}: {exc}")
+            try:
+                fs = self._open_filesystem(volume)
+            except (ImmutoolsError, OSError, ValueError, EOFError) as exc:
+                self.warn(f"{volume.describe()}: cannot read {volume.fstype} filesystem: {_reason(exc)}")
         self._fs_cache[volume.number] = fs
         return fs
+
+    def _open_filesystem(self, volume: Volume) -> FileSystem:
+        from immutools.fs import open_filesystem
+
+        with self.timer.measure(f"fs:{volume.fstype}"):
+            return open_filesystem(volume.source, volume.fstype, limits=self.limits)
 
     def filesystem_warnings(self) -> list[str]:
         """What the opened filesystems met while reading (damaged directories, loops, ...)."""
@@ -205,6 +221,11 @@ class DiskImage:
             fs = self.filesystem(vol)
             if fs is not None:
                 yield vol, fs
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a reader's error: ours carry their message, a library's gets its type named."""
+    return str(exc) if isinstance(exc, ImmutoolsError) else f"{type(exc).__name__}: {exc}"
 
 
 def require_image(path: str) -> None:

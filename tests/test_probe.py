@@ -8,7 +8,9 @@ ext2 on purpose (see probe_ext). erofs-utils 1.5 cannot set a label, so erofs co
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,111 @@ def test_truncated_and_tiny_inputs_do_not_crash(tmp_path):
         path.write_bytes(b"\xff" * size)
         ident = identify(FileSource(path))
         assert ident.fstype in ("zero", "unknown", "unreadable")
+
+
+# ---- a magic number alone is not a filesystem ----------------------------------------------------
+# The reference for "is this superblock mountable" is each filesystem's own checker on the same
+# bytes; identify() must agree with it on the real image, on a copy with one geometry field broken,
+# and on a block of zeros carrying only the magic number.
+
+REFERENCE_CHECK = {
+    "ext4": ["dumpe2fs", "-h"],
+    "xfs": ["xfs_repair", "-n", "-f"],
+    "btrfs": ["btrfs", "check", "--readonly"],
+    "squashfs": ["unsquashfs", "-l"],
+    "erofs": ["dump.erofs"],
+    "vfat32": ["fsck.fat", "-n"],
+}
+# (offset of the magic, the magic) for the magic-only files
+MAGIC_AT = {
+    "ext4": (1024 + 0x38, struct.pack("<H", 0xEF53)),
+    "xfs": (0, b"XFSB"),
+    "btrfs": (0x10040, b"_BHRfS_M"),
+    "squashfs": (0, b"hsqs"),
+    "erofs": (1024, struct.pack("<I", 0xE0F5E1E2)),
+    "vfat32": (0, b"\xeb\x58\x90"),
+}
+# One broken field each: (what, offset, struct format, value) -- the superblock fields the kernel
+# checks before mounting (see immutools/fs/probe.py).
+BROKEN_FIELDS = {
+    "ext4": [("log block size", 1024 + 0x18, "<I", 7), ("blocks per group", 1024 + 0x20, "<I", 0),
+             ("inodes per group", 1024 + 0x28, "<I", 0), ("inode size", 1024 + 0x58, "<H", 100),
+             ("first data block", 1024 + 0x14, "<I", 1 << 30), ("block count", 1024 + 4, "<I", 0),
+             ("inode count", 1024, "<I", 0)],
+    "xfs": [("block size", 4, ">I", 3000), ("sector size", 102, ">H", 100), ("AG count", 88, ">I", 0),
+            ("AG blocks", 84, ">I", 0), ("version", 100, ">H", 0x34B1), ("data blocks", 8, ">Q", 0)],
+    "btrfs": [("superblock bytenr", 0x10030, "<Q", 0), ("sector size", 0x10090, "<I", 1000),
+              ("node size", 0x10094, "<I", 1000), ("total bytes", 0x10070, "<Q", 0)],
+    "squashfs": [("block size", 12, "<I", 3000), ("block log", 22, "<H", 5), ("major version", 28, "<H", 7),
+                 ("bytes used", 40, "<Q", 0), ("inode count", 4, "<I", 0)],
+    "erofs": [("block size bits 30", 1024 + 0x0C, "<B", 30), ("block size bits 5", 1024 + 0x0C, "<B", 5)],
+    "vfat32": [("reserved sectors", 14, "<H", 0), ("FAT count", 16, "<B", 0), ("FAT32 FAT size", 36, "<I", 0),
+               ("total sectors", 32, "<I", 10)],
+}
+FSTYPE_OF = {"vfat32": "vfat"}
+
+
+def _reference_accepts(kind: str, path: Path) -> bool:
+    return subprocess.run(REFERENCE_CHECK[kind] + [str(path)], capture_output=True, timeout=300).returncode == 0
+
+
+def _case_image(name: str) -> Path:
+    tool, build = CASES[name]
+    for needed in (tool, REFERENCE_CHECK[name][0]):
+        if not have(needed):
+            pytest.skip(f"missing tool: {needed}")
+    return cached(f"probe-{name}", {"case": name, "v": 1, "ro_bits": EXT_RO_COMPAT_FLATCAR_RO}, build)
+
+
+def _scan_exit(path: Path) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", "immutools", "scan", str(path), "--format", "json"],
+                          capture_output=True, timeout=120)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("kind", sorted(REFERENCE_CHECK))
+def test_magic_alone_is_not_a_filesystem(kind, tmp_path):
+    real = _case_image(kind)
+    assert _reference_accepts(kind, real)
+    assert identify(FileSource(real)).fstype == FSTYPE_OF.get(kind, kind)
+    offset, magic = MAGIC_AT[kind]
+    fake = tmp_path / f"{kind}-magic-only.img"
+    blob = bytearray(0x11000)
+    blob[offset : offset + len(magic)] = magic
+    if kind == "vfat32":                         # the boot-sector signature and the FAT32 tag too
+        blob[510:512] = b"\x55\xaa"
+        blob[82:87] = b"FAT32"
+        struct.pack_into("<HB", blob, 11, 512, 1)
+    fake.write_bytes(bytes(blob))
+    assert not _reference_accepts(kind, fake)
+    ident = identify(FileSource(fake))
+    assert ident.fstype == "unknown" and ident.details["rejected"], ident
+    # A whole image that is nothing but a magic number is not a readable disk image: exit 3, one line.
+    code, err = _scan_exit(fake)
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "magic, but" in err
+
+
+@pytest.mark.parametrize("kind,field", [(k, f[0]) for k, fields in sorted(BROKEN_FIELDS.items()) for f in fields])
+def test_broken_geometry_field_agrees_with_reference_checker(kind, field, tmp_path):
+    real = _case_image(kind)
+    _what, offset, fmt, value = next(f for f in BROKEN_FIELDS[kind] if f[0] == field)
+    broken = tmp_path / f"{kind}.img"
+    subprocess.run(["cp", "--sparse=always", str(real), str(broken)], check=True)
+    with open(broken, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+    assert not _reference_accepts(kind, broken), f"{REFERENCE_CHECK[kind][0]} accepts a broken {field}"
+    ident = identify(FileSource(broken))
+    assert ident.fstype == "unknown" and ident.details["rejected"], ident
+
+
+def test_plausible_superblock_that_cannot_be_read_is_exit_3(tmp_path):
+    """A whole-disk ext4 whose superblock is fine but whose inode table is cut off: nothing is
+    readable, so the scan fails (exit 3) instead of reporting an empty success."""
+    real = _case_image("ext4")
+    cut = tmp_path / "cut.img"
+    cut.write_bytes(FileSource(real).read_at(0, 4096))
+    assert identify(FileSource(cut)).fstype == "ext4"
+    code, err = _scan_exit(cut)
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "not a readable disk image" in err, err

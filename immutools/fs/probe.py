@@ -1,8 +1,16 @@
-"""Identify what a partition holds, from magic bytes only (a few KiB of reads per partition).
+"""Identify what a partition holds, from its superblock (a few KiB of reads per partition).
 
 Order matters: formats that keep their magic at offset 0 are checked before ones that keep it
 further in, and a dm-verity superblock (``verity\\0\\0`` at 0) is reported as such even though a
 hash tree follows it.
+
+A magic number alone is not a filesystem: each filesystem probe also checks the superblock's
+geometry the way the kernel does before it mounts (block sizes, counts, the fields a reader divides
+by), so a block of zeros carrying only a magic number is ``unknown``, with the reason in
+``details["rejected"]``. The checks, per filesystem, follow ``fs/ext4/super.c`` (``ext4_fill_super``),
+``fs/xfs/libxfs/xfs_sb.c`` (``xfs_validate_sb_common``), ``fs/btrfs/disk-io.c``
+(``btrfs_validate_super``), ``fs/squashfs/super.c`` (``squashfs_fill_super``), ``fs/erofs/super.c``
+(``erofs_read_superblock``) and ``fs/fat/inode.c`` (``fat_read_bpb``) of Linux 6.1.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import struct
 import uuid as uuid_mod
 from dataclasses import dataclass, field
 
+from immutools.errors import CorruptDataError
 from immutools.image.source import ByteSource
 
 # ext2/3/4 feature bits (linux fs/ext4/ext4.h).
@@ -60,13 +69,56 @@ def _uuid(b: bytes) -> str | None:
     return str(uuid_mod.UUID(bytes=bytes(b)))
 
 
+class Implausible(CorruptDataError):
+    """A magic number whose superblock no kernel would mount (the message says which field)."""
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise Implausible(what)
+
+
+def ext_superblock_problem(sb: bytes) -> str | None:
+    """Why an ext2/3/4 superblock with the right magic is not mountable, or None."""
+    try:
+        _check_ext(sb)
+    except Implausible as exc:
+        return str(exc)
+    return None
+
+
+def _check_ext(sb: bytes) -> None:
+    inodes, blocks_lo, _r, _free_lo, _free_inodes, first_data, log_bs = struct.unpack_from("<7I", sb, 0)
+    blocks_per_group, = struct.unpack_from("<I", sb, 0x20)
+    inodes_per_group, = struct.unpack_from("<I", sb, 0x28)
+    rev_level, = struct.unpack_from("<I", sb, 0x4C)
+    inode_size, = struct.unpack_from("<H", sb, 0x58)
+    incompat, = struct.unpack_from("<I", sb, 0x60)
+    blocks_hi = struct.unpack_from("<I", sb, 0x150)[0] if incompat & EXT_INCOMPAT_64BIT else 0
+    blocks = blocks_lo | (blocks_hi << 32)
+    _require(log_bs <= 6, f"block size 2^{10 + log_bs} is larger than 64 KiB")
+    block_size = 1024 << log_bs
+    _require(blocks > 0, "block count 0")
+    _require(inodes > 0, "inode count 0")
+    _require(0 < blocks_per_group <= 8 * block_size, f"{blocks_per_group} blocks per group")
+    _require(0 < inodes_per_group <= 8 * block_size, f"{inodes_per_group} inodes per group")
+    _require(first_data < blocks, f"first data block {first_data} is beyond the {blocks}-block filesystem")
+    if rev_level >= 1:
+        _require(_pow2(inode_size) and 128 <= inode_size <= block_size, f"inode size {inode_size}")
+
+
 def probe_ext(sb: bytes) -> FsIdentity | None:
     if len(sb) < 1024 or struct.unpack_from("<H", sb, 0x38)[0] != 0xEF53:
         return None
+    _check_ext(sb)
     (inodes, blocks_lo, _r, _free_lo, _free_inodes, _first, log_bs) = struct.unpack_from("<7I", sb, 0)
     compat, incompat, ro_compat = struct.unpack_from("<III", sb, 0x5C)
     blocks_hi = struct.unpack_from("<I", sb, 0x150)[0] if incompat & EXT_INCOMPAT_64BIT else 0
-    block_size = 1024 << log_bs if log_bs < 8 else None
+    block_size = 1024 << log_bs
     blocks = blocks_lo | (blocks_hi << 32)
     # blkid's rule (libblkid ext.c): ext4 when it uses features ext3 lacks, ext3 with a journal.
     # The Flatcar read-only hack bit is not a feature and must not turn ext2 into "ext4".
@@ -92,7 +144,7 @@ def probe_ext(sb: bytes) -> FsIdentity | None:
         fstype,
         label=_cstr(sb[0x78:0x88]),
         uuid=_uuid(sb[0x68:0x78]),
-        size=blocks * block_size if block_size else None,
+        size=blocks * block_size,
         details=details,
     )
 
@@ -100,7 +152,17 @@ def probe_ext(sb: bytes) -> FsIdentity | None:
 def probe_xfs(b0: bytes) -> FsIdentity | None:
     if b0[:4] != b"XFSB":
         return None
+    _require(len(b0) >= 128, "superblock cut short")
     blocksize, dblocks = struct.unpack_from(">IQ", b0, 4)
+    agblocks, agcount = struct.unpack_from(">II", b0, 84)
+    version, sectsize = struct.unpack_from(">HH", b0, 100)
+    blocklog, sectlog = b0[120], b0[121]
+    _require(version & 0xF in (4, 5), f"version {version & 0xF} (4 or 5 exist)")
+    _require(_pow2(blocksize) and 512 <= blocksize <= 65536 and blocksize == 1 << blocklog,
+             f"block size {blocksize} (log {blocklog})")
+    _require(_pow2(sectsize) and 512 <= sectsize <= 32768 and sectsize == 1 << sectlog,
+             f"sector size {sectsize} (log {sectlog})")
+    _require(dblocks > 0 and agcount > 0 and agblocks > 0, f"{dblocks} blocks in {agcount} groups of {agblocks}")
     return FsIdentity(
         "xfs",
         label=_cstr(b0[108:120]),
@@ -113,8 +175,14 @@ def probe_xfs(b0: bytes) -> FsIdentity | None:
 def probe_btrfs(sb: bytes) -> FsIdentity | None:
     if sb[0x40:0x48] != b"_BHRfS_M":
         return None
+    _require(len(sb) >= 0x12B + 256, "superblock cut short")
     total_bytes = struct.unpack_from("<Q", sb, 0x70)[0]
     sectorsize, nodesize = struct.unpack_from("<II", sb, 0x90)
+    bytenr, = struct.unpack_from("<Q", sb, 0x30)
+    _require(bytenr == 0x10000, f"the superblock says it is at byte {bytenr}, not 65536")
+    _require(_pow2(sectorsize) and 4096 <= sectorsize <= 65536, f"sector size {sectorsize}")
+    _require(_pow2(nodesize) and sectorsize <= nodesize <= 65536, f"node size {nodesize}")
+    _require(total_bytes > 0, "total size 0")
     incompat = struct.unpack_from("<Q", sb, 0xB0)[0]
     return FsIdentity(
         "btrfs",
@@ -128,10 +196,16 @@ def probe_btrfs(sb: bytes) -> FsIdentity | None:
 def probe_squashfs(b0: bytes) -> FsIdentity | None:
     if b0[:4] != b"hsqs":
         return None
+    _require(len(b0) >= 96, "superblock cut short")
     (inodes, mkfs_time, block_size, frags, compression, block_log, flags, no_ids, major, minor) = struct.unpack_from(
         "<IIIIHHHHHH", b0, 4
     )
     bytes_used = struct.unpack_from("<Q", b0, 40)[0]
+    _require(1 <= major <= 4, f"version {major}.{minor}")
+    if major == 4:
+        _require(_pow2(block_size) and 4096 <= block_size <= 1 << 20 and block_size == 1 << block_log,
+                 f"block size {block_size} (log {block_log})")
+        _require(bytes_used >= 96 and inodes > 0, f"{bytes_used} bytes used, {inodes} inodes")
     comp = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}.get(compression, f"unknown-{compression}")
     return FsIdentity(
         "squashfs",
@@ -146,12 +220,13 @@ def probe_erofs(sb: bytes) -> FsIdentity | None:
     blkszbits = sb[0x0C]
     blocks = struct.unpack_from("<I", sb, 0x24)[0]
     incompat = struct.unpack_from("<I", sb, 0x50)[0]
+    _require(9 <= blkszbits <= 16, f"block size 2^{blkszbits}")
     return FsIdentity(
         "erofs",
         label=_cstr(sb[0x40:0x50]),
         uuid=_uuid(sb[0x30:0x40]),
-        size=blocks << blkszbits if blkszbits < 32 else None,
-        details={"block_size": 1 << blkszbits if blkszbits < 32 else None, "feature_incompat": incompat,
+        size=blocks << blkszbits,
+        details={"block_size": 1 << blkszbits, "feature_incompat": incompat,
                  "feature_compat": struct.unpack_from("<I", sb, 0x08)[0]},
     )
 
@@ -172,6 +247,11 @@ def probe_vfat(b0: bytes) -> FsIdentity | None:
     else:
         return None
     total = struct.unpack_from("<H", b0, 19)[0] or struct.unpack_from("<I", b0, 32)[0]
+    reserved, fats = struct.unpack_from("<H", b0, 14)[0], b0[16]
+    fat_sectors = struct.unpack_from("<H", b0, 22)[0] or (struct.unpack_from("<I", b0, 36)[0] if kind == "FAT32" else 0)
+    _require(reserved > 0 and fats > 0, f"{reserved} reserved sectors, {fats} FATs")
+    _require(fat_sectors > 0 and total > reserved + fats * fat_sectors,
+             f"{total} sectors cannot hold {reserved} reserved and {fats} FATs of {fat_sectors}")
     vol_id = struct.unpack_from("<I", serial)[0]
     lab = label.decode("ascii", errors="replace").strip()
     return FsIdentity(
@@ -244,27 +324,42 @@ def probe_swap(source: ByteSource) -> FsIdentity | None:
     return None
 
 
+_PROBE_NAMES = {"probe_squashfs": "squashfs", "probe_xfs": "XFS", "probe_erofs": "EROFS", "probe_ext": "ext2/3/4",
+                "probe_btrfs": "btrfs", "probe_vfat": "FAT"}
+
+
 def identify(source: ByteSource) -> FsIdentity:
-    """Identify the content of ``source`` (a partition). Reads at most ~70 KiB."""
+    """Identify the content of ``source`` (a partition). Reads at most ~70 KiB.
+
+    A filesystem magic whose superblock fails the geometry checks does not identify anything; when
+    nothing else does, the result is ``unknown`` with ``details["rejected"]`` saying what was seen."""
     if source.size == 0:
         return FsIdentity("zero", details={"empty": True})
     b0 = source.read_at(0, 4096)
     if not b0:
         return FsIdentity("unreadable")
+    rejected: list[str] = []
+
+    def attempt(probe, data) -> FsIdentity | None:
+        try:
+            return probe(data)
+        except Implausible as exc:
+            rejected.append(f"{_PROBE_NAMES.get(probe.__name__, probe.__name__)} magic, but {exc}")
+            return None
+
     for probe in (probe_verity, probe_luks, probe_squashfs, probe_xfs):
-        ident = probe(b0)
+        ident = attempt(probe, b0)
         if ident:
             return ident
     sb = source.read_at(1024, 1024)
     for probe in (probe_erofs, probe_ext):
-        ident = probe(sb)
+        ident = attempt(probe, sb)
         if ident:
             return ident
-    btrfs_sb = source.read_at(0x10000, 4096)
-    ident = probe_btrfs(btrfs_sb)
+    ident = attempt(probe_btrfs, source.read_at(0x10000, 4096))
     if ident:
         return ident
-    ident = probe_vfat(b0)
+    ident = attempt(probe_vfat, b0)
     if ident:
         return ident
     for probe_src in (probe_talos_meta, probe_swap):
@@ -273,6 +368,8 @@ def identify(source: ByteSource) -> FsIdentity:
             return ident
     if source.read_at(0x8001, 5) == b"CD001":
         return FsIdentity("iso9660")
+    if rejected:
+        return FsIdentity("unknown", details={"rejected": rejected})
     if _looks_zero(source):
         return FsIdentity("zero")
     return FsIdentity("unknown")
