@@ -154,6 +154,31 @@ def read_superblock(source: ByteSource, offset: int = 0) -> VerityParams | None:
     return params
 
 
+def superblock_offset_before(table: VerityParams) -> int | None:
+    """Where ``veritysetup format`` put the superblock for a table's hash start: the hash block
+    before the tree (cryptsetup lib/verity/verity.c: the tree starts at the first hash block after
+    the 512-byte superblock). None when the tree starts at block 0 (no room for one)."""
+    offset = table.hash_start_block * table.hash_block_size - table.hash_block_size
+    return offset if offset >= 0 else None
+
+
+def contradictions(superblock: VerityParams, table: VerityParams) -> list[str]:
+    """The fields in which a hash device's superblock disagrees with the dm table the kernel is
+    given (the kernel maps the device from the table alone; ``veritysetup format`` writes both from
+    one parameter set, so any difference means one of them was changed)."""
+    out = []
+    for what, a, b in (("hash type", superblock.version, table.version),
+                       ("algorithm", superblock.algorithm, table.algorithm),
+                       ("data block size", superblock.data_block_size, table.data_block_size),
+                       ("hash block size", superblock.hash_block_size, table.hash_block_size),
+                       ("data blocks", superblock.data_blocks, table.data_blocks),
+                       ("salt", superblock.salt, table.salt),
+                       ("hash start block", superblock.hash_start_block, table.hash_start_block)):
+        if a != b:
+            out.append(f"{what}: superblock {a}, table {b}")
+    return out
+
+
 def tree_layout(params: VerityParams) -> list[TreeLevel]:
     """Hash-tree levels in on-disk order (top level first), like cryptsetup's ``hash_levels``."""
     _check_params(params)
