@@ -216,6 +216,9 @@ REFERENCE_CHECK = {
     "squashfs": ["unsquashfs", "-l"],
     "erofs": ["dump.erofs"],
     "vfat32": ["fsck.fat", "-n"],
+    "verity": ["veritysetup", "dump"],
+    "luks1": ["cryptsetup", "luksDump"],
+    "luks2": ["cryptsetup", "luksDump"],
 }
 # (offset of the magic, the magic) for the magic-only files
 MAGIC_AT = {
@@ -225,6 +228,9 @@ MAGIC_AT = {
     "squashfs": (0, b"hsqs"),
     "erofs": (1024, struct.pack("<I", 0xE0F5E1E2)),
     "vfat32": (0, b"\xeb\x58\x90"),
+    "verity": (0, b"verity\0\0"),
+    "luks1": (0, b"LUKS\xba\xbe\x00\x01"),
+    "luks2": (0, b"LUKS\xba\xbe\x00\x02"),
 }
 # One broken field each: (what, offset, struct format, value) -- the superblock fields the kernel
 # checks before mounting (see immutools/fs/probe.py).
@@ -243,7 +249,7 @@ BROKEN_FIELDS = {
     "vfat32": [("reserved sectors", 14, "<H", 0), ("FAT count", 16, "<B", 0), ("FAT32 FAT size", 36, "<I", 0),
                ("total sectors", 32, "<I", 10)],
 }
-FSTYPE_OF = {"vfat32": "vfat"}
+FSTYPE_OF = {"vfat32": "vfat", "verity": "dm-verity", "luks1": "luks", "luks2": "luks"}
 
 
 def _reference_accepts(kind: str, path: Path) -> bool:

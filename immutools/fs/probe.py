@@ -289,6 +289,11 @@ def probe_verity(b0: bytes) -> FsIdentity | None:
     sb = parse_verity_superblock(b0)
     if sb is None:
         return None
+    # cryptsetup lib/verity/verity.c VERITY_read_sb: version 1, hash type 0 or 1, sane block sizes.
+    _require(sb["version"] == 1 and sb["hash_type"] in (0, 1), f"version {sb['version']}, hash type {sb['hash_type']}")
+    for what in ("data_block_size", "hash_block_size"):
+        _require(_pow2(sb[what]) and 512 <= sb[what] <= 1 << 30, f"{what.replace('_', ' ')} {sb[what]}")
+    _require(sb["data_blocks"] > 0 and bool(sb["algorithm"]), f"{sb['data_blocks']} data blocks, algorithm {sb['algorithm']!r}")
     return FsIdentity("dm-verity", uuid=sb["uuid"], details=sb)
 
 
@@ -306,10 +311,18 @@ def probe_luks(b0: bytes) -> FsIdentity | None:
     if b0[:6] != b"LUKS\xba\xbe":
         return None
     version = struct.unpack_from(">H", b0, 6)[0]
+    # cryptsetup's header checks (lib/luks1/keymanager.c LUKS_read_phdr, lib/luks2/luks2_disk_metadata.c):
+    # LUKS1 has a payload offset and a key size, LUKS2 a header size that is a power of two from 16 KiB.
+    _require(version in (1, 2), f"version {version}")
     if version == 1:
+        payload, key_bytes = struct.unpack_from(">II", b0, 104)
+        _require(payload > 0 and 0 < key_bytes <= 512 and bool(_cstr(b0[8:40])),
+                 f"payload offset {payload}, key size {key_bytes}")
         uid = _cstr(b0[168:208])
         label = None
     else:
+        hdr_size = struct.unpack_from(">Q", b0, 8)[0]
+        _require(_pow2(hdr_size) and 16384 <= hdr_size <= 4 << 20, f"header size {hdr_size}")
         label = _cstr(b0[24:72])
         uid = _cstr(b0[168:208])
     return FsIdentity("luks", label=label, uuid=uid, details={"version": version})
@@ -324,7 +337,7 @@ def probe_swap(source: ByteSource) -> FsIdentity | None:
     return None
 
 
-_PROBE_NAMES = {"probe_squashfs": "squashfs", "probe_xfs": "XFS", "probe_erofs": "EROFS", "probe_ext": "ext2/3/4",
+_PROBE_NAMES = {"probe_verity": "dm-verity", "probe_luks": "LUKS", "probe_squashfs": "squashfs", "probe_xfs": "XFS", "probe_erofs": "EROFS", "probe_ext": "ext2/3/4",
                 "probe_btrfs": "btrfs", "probe_vfat": "FAT"}
 
 
