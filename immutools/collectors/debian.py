@@ -16,8 +16,8 @@ from immutools.disk import DiskImage
 from immutools.errors import ImmutoolsError
 from immutools.report.model import Findings, Integrity, OsIdentity, evidence
 from immutools.system.compose import (
-    RootCandidate, compose_system, finish, find_root, identify_arch, lenient_resolver, package_manager_update,
-    read_key_values, read_text,
+    RootCandidate, compose_system, explain_missing_version, finish, find_root, identify_arch, lenient_resolver,
+    package_manager_update, read_key_values, read_text,
 )
 
 _MAX_STATUS_BYTES = 64 * 1024 * 1024
@@ -67,6 +67,9 @@ class DebianCollector(Collector):
         findings.os = OsIdentity.from_os_release(root.os_release, root.evidence(), id_like=root.os_release.get("ID_LIKE"))
         view = compose_system(image, root)
         tree = view.tree
+        debian_version = read_text(tree, self.knowledge["debian_version"])
+        explain_missing_version(image, findings, f"{root.volume.describe()}: {root.os_release_path}",
+                                f"{self.knowledge['debian_version']} says {debian_version!r}" if debian_version else None)
         arch, arch_ev = identify_arch(image, tree)
         findings.os.arch = arch
         findings.os.add_evidence(arch_ev)
@@ -82,7 +85,7 @@ class DebianCollector(Collector):
         persistent_paths = set(self.knowledge["everything_persistent_paths"])
         findings.distribution = {
             "name": "debian" if root.os_release.get("ID") == "debian" else root.os_release.get("ID"),
-            "debian_version": read_text(tree, self.knowledge["debian_version"]),
+            "debian_version": debian_version,
             "cloud_release": read_key_values(tree, self.knowledge["cloud_release"]),
             "layout": "debian-cloud" if self._cloud_layout(image) else None,
             "root": {"partition": root.volume.number, "fstype": root.volume.fstype, "subdir": root.subdir},

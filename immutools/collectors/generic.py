@@ -10,7 +10,7 @@ from immutools.disk import DiskImage
 from immutools.errors import ImmutoolsError
 from immutools.report.model import Findings, Integrity, OsIdentity
 from immutools.system.compose import (
-    compose_system, finish, find_root, identify_arch, lenient_resolver, package_manager_update,
+    compose_system, explain_missing_version, finish, find_root, identify_arch, lenient_resolver, package_manager_update,
 )
 from immutools.system.compose import arch_from_tree, detect_arch  # noqa: F401  (collectors not yet moved import these from here)
 
@@ -31,6 +31,9 @@ class GenericLinuxCollector(Collector):
         if root is None:
             return
         findings.os = OsIdentity.from_os_release(root.os_release, root.evidence(), id_like=root.os_release.get("ID_LIKE"))
+        explain_missing_version(image, findings, f"{root.volume.describe()}: {root.os_release_path}",
+                                f"BUILD_ID={root.os_release['BUILD_ID']}" if root.os_release.get("BUILD_ID") else None,
+                                warn=True)
         try:
             view = compose_system(image, root)
         except ImmutoolsError as exc:

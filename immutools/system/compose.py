@@ -37,7 +37,7 @@ from immutools.system.gpt_auto import AutoMount, GptEntry, entries_of, gpt_auto_
 from immutools.system.mounts import MountEntry, MountTable, path_states, resolve_source_match
 from immutools.system.rootview import OsTree
 from immutools.system.surface import inventory
-from immutools.system.units import UnitSet
+from immutools.system.units import UnitSet, path_condition_failure
 from immutools.volumes.types import lookup_type_entry
 
 # DPS architecture names (as in data/partition_types.yaml) -> the report's arch vocabulary.
@@ -185,32 +185,8 @@ def existing_resolver(tree):
     return resolve
 
 
-def unit_path_conditions_fail(unit, tree) -> dict | None:
-    """Evidence when a unit's ``ConditionPathExists=``/``ConditionPathIsSymbolicLink=``/
-    ``ConditionPathIsDirectory=`` fails on ``tree`` (systemd would skip the unit); None when they
-    hold or cannot be decided. ``!`` negates; a ``|`` (triggering) condition is not decided here;
-    paths under /dev, /proc, /sys and /run are runtime state an image cannot show (systemd.unit(5))."""
-    checks = {
-        "ConditionPathExists": lambda st: st is not None,
-        "ConditionPathIsSymbolicLink": lambda st: st is not None and st.is_symlink,
-        "ConditionPathIsDirectory": lambda st: st is not None and st.is_dir,
-    }
-    for key, test in checks.items():
-        for a in unit.assignments_of("Unit", key):
-            value = a.value.strip()
-            if value.startswith("|"):
-                continue
-            negate = value.startswith("!")
-            path = value.lstrip("!")
-            if not path.startswith("/") or path.startswith(("/dev/", "/proc/", "/sys/", "/run/")):
-                continue
-            try:
-                st = tree.lstat(path) if key == "ConditionPathIsSymbolicLink" else tree.stat(path)
-            except ImmutoolsError:
-                st = None
-            if test(st) == negate:
-                return a.evidence(tree) | {"detail": f"{key}={value} fails: the unit is skipped"}
-    return None
+# systemd's ConditionPath*= checks live with the unit reader; kept here under the name collectors import
+unit_path_conditions_fail = path_condition_failure
 
 
 def add_enabled_mount_units(table: MountTable, units: UnitSet, tree, image: DiskImage | None = None,
@@ -342,6 +318,22 @@ def find_root(image: DiskImage) -> RootCandidate | None:
                     best = found
                 break
     return best
+
+
+def explain_missing_version(image: DiskImage, findings: Findings, os_release_where: str | None,
+                            hint: str | None = None, warn: bool = False) -> None:
+    """When os-release names no version (Debian testing, rolling releases: no VERSION_ID, VERSION
+    or IMAGE_VERSION), record why ``os.version`` is empty -- the completeness warning then says
+    so -- and, with ``warn`` (a collector without guarantees), warn directly. ``hint``: what else
+    the image says about its release (e.g. /etc/debian_version), reported, not used as a version."""
+    if findings.os is None or findings.os.version:
+        return
+    reason = f"{os_release_where or 'os-release'} sets none of VERSION_ID, VERSION, IMAGE_VERSION"
+    if hint:
+        reason += f" ({hint})"
+    findings.explain("os.version", reason)
+    if warn:
+        image.warn(f"os.version unknown: {reason}")
 
 
 def identify_arch(image: DiskImage, tree=None, root: Volume | None = None) -> tuple[str | None, dict | None]:

@@ -16,8 +16,13 @@ systemd.unit(5), systemd.syntax(7) and src/shared/conf-parser.c, src/shared/inst
 * enablement: a symlink for the unit in some ``<unit>.wants/``, ``.requires/`` or ``.upholds/``
   directory makes the owner pull it in at boot (``enabled`` here, whichever directory it is in);
   ``state`` is what ``systemctl is-enabled`` says for the unit file (which only counts links under
-  /etc, so a vendor link in /usr/lib/.../*.wants reads ``disabled`` or ``static`` there); presets
-  (``*.preset``) say what first boot would enable.
+  /etc, so a vendor link in /usr/lib/.../*.wants reads ``disabled`` or ``static`` there);
+* presets (``*.preset``, systemd.preset(5): the first matching line wins, no match enables): on a
+  *first boot* -- ``/etc/machine-id`` missing or ``uninitialized`` (machine-id(5) "First Boot
+  Semantics"; empty or a real ID is not one) -- systemd applies them before loading units
+  (src/core/manager.c ``manager_preset_all``, enable-only mode), so a unit whose preset says
+  ``enable`` gets its ``[Install]`` WantedBy=/RequiredBy=/UpheldBy= links then: it counts as
+  enabled, with the preset line as (inferred) evidence; ``state`` stays what the image holds.
 
 Unit names and paths convert with ``escape_path``/``unescape_path``, identical to
 ``systemd-escape --path`` (checked in the tests). Every parsed value knows its file and line.
@@ -285,8 +290,9 @@ class Link:
 
     owner: str
     kind: str                            # wants | requires | upholds
-    path: str
+    path: str                            # the symlink (for a preset link: the preset file)
     vendor: bool                         # below /usr or /lib rather than /etc
+    preset: "PresetMatch | None" = None  # made by systemd from this preset rule at first boot
 
 
 @dataclass
@@ -295,6 +301,15 @@ class PresetMatch:
     pattern: str | None
     path: str | None
     line: int | None
+
+
+@dataclass(frozen=True)
+class FirstBoot:
+    """Whether the image's next boot is a first boot (machine-id(5) "First Boot Semantics")."""
+
+    first_boot: bool | None              # None: /etc/machine-id unreadable
+    path: str
+    detail: str
 
 
 @dataclass
@@ -309,6 +324,8 @@ class Enablement:
     preset: PresetMatch | None = None
     fragment: str | None = None
     reachable: bool | None = None        # pulled in from default.target (None: no default.target)
+    first_boot: "FirstBoot | None" = None
+    condition_failure: dict | None = None  # a ConditionPath*= that fails in the image: started, then skipped
 
     @property
     def enabled(self) -> bool:
@@ -327,12 +344,48 @@ class Enablement:
         if self.masked and self.mask_path:
             out.append(make_evidence(src(self.mask_path), f"{self.name} is masked"))
         for link in self.links:
-            out.append(make_evidence(src(link.path), f"{link.owner} {link.kind} {self.name}"))
+            if link.preset is not None:
+                why = self.first_boot.detail if self.first_boot is not None else "first boot"
+                out.append(make_evidence(src(link.path), f"{link.owner} {link.kind} {self.name} from preset line "
+                                         f"{link.preset.line} 'enable {link.preset.pattern or '*'}' at first boot ({why})",
+                                         False))
+            else:
+                out.append(make_evidence(src(link.path), f"{link.owner} {link.kind} {self.name}"))
         for unit, key, path in self.required_by:
             out.append(make_evidence(src(path), f"{unit} {key}={self.name}"))
         if not out and self.fragment:
             out.append(make_evidence(src(self.fragment), f"{self.name}: unit file state {self.state}"))
+        if self.condition_failure is not None:
+            out.append(self.condition_failure)
         return out
+
+
+def path_condition_failure(unit: Unit, tree) -> dict | None:
+    """Evidence when a unit's ``ConditionPathExists=``/``ConditionPathIsSymbolicLink=``/
+    ``ConditionPathIsDirectory=`` fails on ``tree`` (systemd would skip the unit); None when they
+    hold or cannot be decided. ``!`` negates; a ``|`` (triggering) condition is not decided here;
+    paths under /dev, /proc, /sys and /run are runtime state an image cannot show (systemd.unit(5))."""
+    checks = {
+        "ConditionPathExists": lambda st: st is not None,
+        "ConditionPathIsSymbolicLink": lambda st: st is not None and st.is_symlink,
+        "ConditionPathIsDirectory": lambda st: st is not None and st.is_dir,
+    }
+    for key, test in checks.items():
+        for a in unit.assignments_of("Unit", key):
+            value = a.value.strip()
+            if value.startswith("|"):
+                continue
+            negate = value.startswith("!")
+            path = value.lstrip("!")
+            if not path.startswith("/") or path.startswith(("/dev/", "/proc/", "/sys/", "/run/")):
+                continue
+            try:
+                st = tree.lstat(path) if key == "ConditionPathIsSymbolicLink" else tree.stat(path)
+            except ImmutoolsError:
+                st = None
+            if test(st) == negate:
+                return a.evidence(tree) | {"detail": f"{key}={value} fails: the unit is skipped"}
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +415,8 @@ class UnitSet:
         self._dependents: dict[str, list[tuple[str, str, str]]] | None = None
         self._presets: list[tuple[str, str, str, int]] | None = None
         self._pulled: dict[str, str | None] | None = None
+        self._first_boot: FirstBoot | None = None
+        self._preset_members: dict[str, list[str]] = {}      # owner -> units linked by first-boot presets
         # Directory listings, read once: a full-size system has hundreds of units and each is looked
         # for in every search directory and every drop-in directory name.
         self._listings: dict[str, list[str]] = {}
@@ -537,7 +592,62 @@ class UnitSet:
                             links.setdefault(member, []).append(
                                 Link(owner, suffix[1:], f"{directory}/{entry}/{member}", vendor))
             self._links = links
+            if self.first_boot().first_boot:
+                for member, made in self._preset_links(links).items():
+                    links.setdefault(member, []).extend(made)
+                    for link in made:
+                        self._preset_members.setdefault(link.owner, []).append(member)
         return self._links
+
+    # ---- first boot -----------------------------------------------------------------------------
+    def first_boot(self) -> FirstBoot:
+        """machine-id(5): a missing /etc/machine-id or one reading ``uninitialized`` makes the
+        next boot a first boot; an empty file or a machine ID does not."""
+        if self._first_boot is None:
+            path = "/etc/machine-id"
+            try:
+                if not self.tree.exists(path):
+                    self._first_boot = FirstBoot(True, path, f"{path} is missing")
+                else:
+                    text = self.tree.read_text(path, max_bytes=4096).strip()
+                    if text == "uninitialized":
+                        self._first_boot = FirstBoot(True, path, f"{path} reads 'uninitialized'")
+                    elif not text:
+                        self._first_boot = FirstBoot(False, path, f"{path} is empty (not a first boot)")
+                    else:
+                        self._first_boot = FirstBoot(False, path, f"{path} holds a machine ID")
+            except ImmutoolsError as exc:
+                self._first_boot = FirstBoot(None, path, f"{path} unreadable: {exc}")
+        return self._first_boot
+
+    def _preset_links(self, links: dict[str, list[Link]]) -> dict[str, list[Link]]:
+        """The links ``systemctl preset-all --preset-mode=enable-only`` would make: for each unit
+        file with no dependency link yet whose preset is ``enable``, its [Install] WantedBy=,
+        RequiredBy= and UpheldBy= (templates only through DefaultInstance=)."""
+        out: dict[str, list[Link]] = {}
+        keys = (("WantedBy", "wants"), ("RequiredBy", "requires"), ("UpheldBy", "upholds"))
+        for name in self.names():
+            found = self.find(name)
+            if found is None or found.masked or found.alias_of or links.get(name):
+                continue
+            unit = self.load(name)
+            if unit is None or not unit.has_section("Install"):
+                continue
+            match = self.preset(name)
+            if match.action != "enable":
+                continue
+            member = name
+            prefix, instance, utype = split_name(name)
+            if instance == "":
+                default = unit.value("Install", "DefaultInstance")
+                if not default:
+                    continue
+                member = f"{prefix}@{default}.{utype}"
+            made = [Link(owner, kind, match.path or "(no preset file: systemd enables by default)", False, match)
+                    for key, kind in keys for owner in unit.list_values("Install", key)]
+            if made:
+                out[member] = made
+        return out
 
     def _all_dependents(self) -> dict[str, list[tuple[str, str, str]]]:
         """Units named in other units' Wants=/Requires=/... (only units that are pulled in
@@ -589,7 +699,7 @@ class UnitSet:
         if unit is None:
             return None
         install = {k: unit.list_values("Install", k) for k in ("WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also")}
-        links = self.links_to(name)
+        links = [link for link in self.links_to(name) if link.preset is None]   # what the image holds
         other_names = [posixpath.basename(p) for p in self._config_aliases(found)]
         if any(not link.vendor for link in links) or set(other_names) & set(install["Alias"]):
             return "enabled"
@@ -619,6 +729,11 @@ class UnitSet:
                     self._pulled = self.pulled_in()
                 result.reachable = name in self._pulled
         result.preset = self.preset(name)
+        if any(link.preset is not None for link in result.links):
+            result.first_boot = self.first_boot()
+        if result.enabled:
+            unit = self.load(name)
+            result.condition_failure = path_condition_failure(unit, self.tree) if unit is not None else None
         return result
 
     def default_target(self) -> str | None:
@@ -640,6 +755,8 @@ class UnitSet:
             for directory in self.paths:
                 for suffix in DEPENDENCY_DIRS:
                     members += self._listdir(f"{directory}/{current}{suffix}")
+            self._all_links()
+            members += self._preset_members.get(current, [])
             unit = self.load(current)
             if unit is not None:
                 for key in DEPENDENCY_KEYS:
