@@ -35,6 +35,10 @@ from immutools.volumes.gptprio import gptprio_next
 
 _HEX64 = re.compile(rb"^[0-9a-f]{64}$")
 _SLOTS = ("A", "B")
+# The OEM hook of flatcar/scripts build_library/grub.cfg: `search --set oem --part-label OEM`, then
+# `source "($oem)/grub.cfg"` (it may set oem_id, linux_append, linux_console) unless Secure Boot is on.
+_OEM_GRUB_CFG = "/grub.cfg"
+_GRUB_DEVICE = re.compile(r"hd\d+,(?:gpt|msdos)?(\d+)")
 
 
 def _major(version: str | None) -> int | None:
@@ -73,6 +77,7 @@ class Boot:
     entry: object | None = None                     # its default GrubEntry
     cmdline: KernelCmdline | None = None
     cmdline_problem: str | None = None              # why there is no command line
+    oem_grub_cfg: dict | None = None                # the OEM partition's grub.cfg: where, and whether it was sourced
 
     @property
     def active_os(self) -> dict:
@@ -218,21 +223,46 @@ class FlatcarCollector(Collector):
         if boot.choice.partition is not None:
             env["usr_uuid"] = boot.choice.partition.uuid
             env["usr_device"] = f"hd0,gpt{boot.choice.partition.number}"
+        # What GRUB knows at run time: $root is the ESP (load.cfg: search.fs_uuid <ESP serial> root),
+        # $oem the partition labelled OEM (the template's `search --set oem --part-label OEM`).
+        if layout.esp is not None:
+            env["root"] = f"hd0,gpt{layout.esp.number}"
+        if layout.oem is not None:
+            env["oem"] = f"hd0,gpt{layout.oem.number}"
 
-        def file_exists(_op, path):
-            inner = path.split(")", 1)[-1] if path.startswith("(") else path
+        def locate(path):
+            """(filesystem, path inside it) for a GRUB path: ``(hd0,gptN)/x`` on partition N,
+            a bare path on the ESP ($root); None when the device is not known."""
+            fs, inner = esp_fs, path
+            if path.startswith("("):
+                device, _, inner = path[1:].partition(")")
+                m = _GRUB_DEVICE.fullmatch(device)
+                vol = image.volume(number=int(m.group(1))) if m else None
+                fs = image.filesystem(vol) if vol is not None else None
+            return (fs, inner or "/") if fs is not None and "$" not in inner else None
+
+        def file_exists(op, path):
+            found = locate(path)
             try:
-                return esp_fs.exists(inner)
+                return None if found is None else found[0].exists(found[1])
+            except ImmutoolsError:
+                return None
+
+        def loader(path):
+            found = locate(path)
+            try:
+                return None if found is None else found[0].read_text(found[1], max_bytes=1024 * 1024)
             except ImmutoolsError:
                 return None
 
         try:
-            boot.grub = parse_grub_cfg(text, env=env, file_exists=file_exists)
+            boot.grub = parse_grub_cfg(text, env=env, loader=loader, file_exists=file_exists)
         except ImmutoolsError as exc:
             boot.cmdline_problem = f"{where}: grub.cfg: {exc}"
             return
         for warning in getattr(boot.grub, "warnings", []):
             image.warn(f"{where}: {warning}")
+        self._check_oem_grub_cfg(image, layout, boot)
         boot.entry = boot.grub.default_entry()
         if boot.entry is None:
             boot.cmdline_problem = f"{where}: grub.cfg has no default menu entry GRUB would boot"
@@ -248,6 +278,23 @@ class FlatcarCollector(Collector):
             words.append(f"verity.usrhash={boot.root_hashes[boot.active]}")
         origin = f"{where} grub.cfg, menuentry {boot.entry.title!r}"
         boot.cmdline = KernelCmdline.from_words(words, origin, observed=not boot.entry.unresolved)
+
+    def _check_oem_grub_cfg(self, image: DiskImage, layout: Layout, boot: Boot) -> None:
+        """An OEM partition with a grub.cfg that the evaluation did not source: its settings
+        (oem_id, linux_append, linux_console) are missing from the command line -- say so."""
+        oem_fs = image.filesystem(layout.oem) if layout.oem is not None else None
+        try:
+            present = oem_fs is not None and oem_fs.exists(_OEM_GRUB_CFG)
+        except ImmutoolsError:
+            present = False
+        if not present:
+            return
+        sourced = [p for p in getattr(boot.grub, "sourced", []) if p.split(")", 1)[-1] == _OEM_GRUB_CFG]
+        boot.oem_grub_cfg = {"path": f"{layout.oem.describe()}: {_OEM_GRUB_CFG}", "sourced": bool(sourced)}
+        if not sourced:
+            image.warn(f"{layout.oem.describe()}: {_OEM_GRUB_CFG} was not evaluated (the ESP grub.cfg sources it "
+                       "at boot unless Secure Boot is on): the OEM's oem_id, linux_append and linux_console are "
+                       "missing from the kernel command line")
 
     def _os(self, boot: Boot) -> OsIdentity:
         active_os = boot.active_os
@@ -447,6 +494,7 @@ class FlatcarCollector(Collector):
             "console": " ".join(f"console={v}" for v in cmdline.all("console")) if cmdline else None,
             "kernel_cmdline": cmdline.text if cmdline else None,
             "grub_default_entry": boot.entry.title if boot.entry else None,
+            "oem_grub_cfg": boot.oem_grub_cfg,
             "extra_kernel_options": (boot.grub.variables.get("extra_options") or None) if boot.grub else None,
             "verity": {f"usr_{s.lower()}": {kk: vv for kk, vv in v.items() if kk != "evidence"} for s, v in verity.items()},
         }
