@@ -15,7 +15,8 @@ Layout (siderolabs/talos@v1.12.0 internal/pkg/meta/internal/adv/talos/talos.go,
   ``0xa3041767``, ``magic3 0xdd28bf64`` at byte 508; data = 1-byte tag, 1-byte length, value.
   Talos consults it only for tags the Talos ADV lacks, and only its first copy.
 
-Everything is bounded by the block sizes; a damaged copy is reported, never raised.
+Everything is bounded by the block sizes (at most the first MiB and the last KiB are read, whatever
+size the partition claims); a damaged copy is reported, never raised.
 """
 
 from __future__ import annotations
@@ -222,7 +223,9 @@ def read_meta(source: ByteSource) -> TalosMeta:
         agree = copies[0].tags == copies[1].tags
     all_zero = not any(first) and not any(second) and (legacy is None or legacy.state == "empty")
     if all_zero and size > 2 * BLOCK:
-        all_zero = _all_zero(source, 2 * BLOCK, size)
+        # Talos only uses the first META_SIZE bytes (and the legacy ADV at the end, read above): a
+        # partition that claims terabytes must not be read to the end.
+        all_zero = _all_zero(source, 2 * BLOCK, min(size, META_SIZE))
     return TalosMeta(size, copies, legacy, selected, tags, source_of, identical, agree, all_zero)
 
 

@@ -131,8 +131,13 @@ def read_superblock(source: ByteSource, offset: int = 0) -> VerityParams | None:
     """The verity superblock at ``offset`` of the hash device, or None when there is none."""
     from immutools.fs.probe import parse_verity_superblock
 
-    sb = parse_verity_superblock(source.read_at(offset, SUPERBLOCK_SIZE))
+    raw = source.read_at(offset, SUPERBLOCK_SIZE)
+    sb = parse_verity_superblock(raw)
     if sb is None:
+        if raw[:8] == b"verity\0\0":
+            # The magic is there but the header is not (e.g. a salt longer than the 256 bytes it can hold).
+            raise CorruptDataError(f"{source.name}: dm-verity superblock at offset {offset} is damaged "
+                                   f"(salt size {int.from_bytes(raw[80:82], 'little')})")
         return None
     if sb["version"] != 1:
         raise UnsupportedFeatureError(f"{source.name}: dm-verity superblock version {sb['version']} at offset {offset} (only 1 exists)")
