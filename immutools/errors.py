@@ -7,7 +7,8 @@ Exit codes are a public interface (documented in the README):
   3  the input is not a readable or supported disk image
   4  I/O error reading the input or writing the output
   5  a resource limit was hit (decompressed size, memory, recursion)
-  6  verification failed (``immutools verify``: a hash mismatch)
+  6  verification failed (``immutools verify``: a hash mismatch, an unreadable target, a superblock
+     contradicting the boot chain's table)
   7  nothing to verify (``immutools verify``: no dm-verity target, or none the boot chain pairs with a root hash)
 """
 
