@@ -6,6 +6,9 @@ masks; ``observed: false``), then any other enabled mount unit."""
 
 from __future__ import annotations
 
+import posixpath
+import re
+import shlex
 from dataclasses import dataclass, field
 
 from immutools.disk import DiskImage
@@ -21,6 +24,34 @@ from .layout import OsDisk
 _NO_CONTENT = ("zero", "unknown", "unreadable")       # volume fstypes that name no filesystem
 _PATH_CONDITIONS = ("ConditionPathExists", "ConditionPathIsSymbolicLink", "ConditionPathIsDirectory")
 _RUNTIME_PATHS = ("/dev/", "/proc/", "/sys/", "/run/")  # state an image cannot show (systemd.unit(5))
+_ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_MOUNT_OPTS_WITH_VALUE = ("-o", "-t", "-O", "-L", "-U", "--options", "--types", "--source", "--target")
+
+
+def _exec_mount(argv: list[str]) -> tuple[str, str, str | None, list[str]] | None:
+    """(source, target, type, options) of an ``ExecStart=`` that runs ``mount [opts] SOURCE TARGET``
+    (mount(8)); None for anything else (a bind of a directory is returned too)."""
+    if not argv or posixpath.basename(argv[0]) != "mount":
+        return None
+    positional, fstype, options = [], None, []
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _MOUNT_OPTS_WITH_VALUE and i + 1 < len(argv):
+            if arg in ("-o", "--options"):
+                options += [o for o in argv[i + 1].split(",") if o]
+            elif arg in ("-t", "--types"):
+                fstype = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("-"):
+            if arg in ("--bind", "-B"):
+                options.append("bind")
+            i += 1
+            continue
+        positional.append(arg)
+        i += 1
+    return (positional[-2], positional[-1], fstype, options) if len(positional) >= 2 else None
 
 
 def _conditions_holding(unit, tree) -> list[dict]:
@@ -141,8 +172,9 @@ class MountPlan:
             entry.evidence.append(evidence(found.volume.describe(), found.how, found.observed))
         return entry
 
-    def code_entry(self, item: dict) -> MountEntry:
-        """A mount program code makes (``observed: false``), with the unit that runs it when present."""
+    def code_entry(self, item: dict) -> MountEntry | None:
+        """A mount program code makes (``observed: false``), with the unit that runs it; none when
+        the image has no such unit (older releases did not make it: e.g. v1.0 has no /local masks)."""
         source, volume = item["source"], None
         if source == "active-boot":
             volume = self.disk.source.boot if self.disk.source is not None else None
@@ -151,8 +183,10 @@ class MountPlan:
         units = self.system.units
         if item.get("service") and units is not None:
             found = units.find(item["service"])
-            if found is not None:
-                ev.append(self.system.tree.evidence(found.path, f"{item['service']}: the unit that runs it", follow=False))
+            if found is None or found.masked:
+                self.findings.explain(f"mount {item['target']}", f"{item['service']}, which makes it, is not in the image")
+                return None
+            ev.append(self.system.tree.evidence(found.path, f"{item['service']}: the unit that runs it", follow=False))
         return MountEntry(item["target"], source, item["fstype"], list(item["options"]), observed=False,
                           evidence=ev, volume=volume, persistence=item.get("persistence"))
 
@@ -171,8 +205,10 @@ class MountPlan:
         name = mount_unit_name(where)
         mu = units.mount_unit(name)
         if mu is None:
-            self.findings.explain(fact, f"{name} not found in the image")
-            return None
+            entry = self.service_entry(item, where)
+            if entry is None:
+                self.findings.explain(fact, f"{name} not found in the image, nor a service that mounts {where}")
+            return entry
         enablement = units.enablement(name)
         if not enablement.enabled:
             self._skip(fact, {"unit": name, "reason": "present but not pulled in by any target",
@@ -188,10 +224,46 @@ class MountPlan:
             self._resolve_source(item, mu, entry)
         return entry
 
-    def _resolve_source(self, item: dict, mu, entry: MountEntry) -> None:
-        """The partition a unit's What= names; Type=auto decided by probing it (or, for DATA, by
-        the filesystem prepare-local-fs.service will make)."""
-        found = resolve_source_match(mu.what, self.image, self.cmdline)
+    def service_entry(self, item: dict, where: str) -> MountEntry | None:
+        """A mount an enabled service makes with ``ExecStart=mount ... SOURCE <where>`` (before
+        v1.5.0 /local came from prepare-local.service this way, with no local.mount): observed
+        in the unit file, ``${VAR}`` expanded from its Environment=."""
+        units, tree = self.system.units, self.system.tree
+        for name in units.names():
+            if not name.endswith(".service"):
+                continue
+            state = units.enablement(name)
+            unit = units.load(name) if state.enabled else None
+            if unit is None:
+                continue
+            env = {}
+            for line in unit.values("Service", "Environment"):
+                try:
+                    env.update(w.split("=", 1) for w in shlex.split(line) if "=" in w)
+                except ValueError:
+                    continue
+            for a in unit.assignments_of("Service", "ExecStart"):
+                command = _ENV_REF.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), a.value.lstrip("-@:+!"))
+                try:
+                    found = _exec_mount(shlex.split(command))
+                except ValueError:
+                    continue
+                if found is None or posixpath.normpath(found[1]) != where:
+                    continue
+                source, _target, fstype, options = found
+                entry = MountEntry(where, source, fstype or "auto", options,
+                                   evidence=[a.evidence(tree) | {"detail": f"{name} runs mount {source} {where}"}]
+                                   + state.evidence(tree))
+                self._resolve_source(item, source, entry)
+                return entry
+        return None
+
+    def _resolve_source(self, item: dict, what, entry: MountEntry) -> None:
+        """The partition a unit's What= (or a mount command's source) names; Type=auto decided by
+        probing it (or, for DATA, by the filesystem prepare-local-fs.service will make)."""
+        if not isinstance(what, str):
+            what = what.what
+        found = resolve_source_match(what, self.image, self.cmdline)
         if found is not None:
             entry.volume = found.volume
             entry.evidence.append(evidence(found.volume.describe(), found.how, found.observed))
@@ -199,7 +271,7 @@ class MountPlan:
             entry.volume = self.disk.data_volume
             entry.evidence += self.disk.data_evidence
         elif item.get("data"):
-            entry.evidence.append(evidence(f"{mu.what}", "no such partition in this image: the data partition "
+            entry.evidence.append(evidence(f"{what}", "no such partition in this image: the data partition "
                                                          "is on the separate data disk (split plan)", False))
         if entry.fstype not in (None, "auto"):
             return
