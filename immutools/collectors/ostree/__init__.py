@@ -112,7 +112,11 @@ class OstreeCollector(Collector):
         findings.integrity = self._integrity(running)
         table = mount_table(image, self.knowledge, sysroot, running, variant)
         if running.dep_path is None:
-            findings.explain("mount /", "no boot loader entry names a deployment (ostree= kernel argument)")
+            reason = self._no_default_reason(sysroot)
+            # everything read from the running deployment is unknown for that one reason
+            for fact in ("mount /", "mount /usr", "mount /etc", "mount /var", "path /home", "os.id", "os.version",
+                         "update.default_deployment", "surface.init"):
+                findings.explain(fact, reason)
         # /sysroot shows every deployment and the repository's objects again: the running one is at /
         finish(image, findings, self.knowledge, table, running.tree, units=running.units, cmdline=running.cmdline,
                resolve=lenient_resolver(running.tree), surface=False)
@@ -124,6 +128,23 @@ class OstreeCollector(Collector):
         findings.distribution["name"] = variant.get("name") or findings.os.id or "ostree"
 
     # ------------------------------------------------------------------------------- pieces
+    @staticmethod
+    def _no_default_reason(sysroot: Sysroot) -> str:
+        """Why no deployment is the running one: the default (highest-numbered) entry names none,
+        or there is no entry at all."""
+        if not sysroot.entries:
+            return "no ostree boot loader entry found"
+        first = sysroot.entries[0]
+        if first["ostree_karg"] is None:
+            why = "has no ostree= kernel argument"
+        else:
+            why = f"has ostree={first['ostree_karg']}, which leads to no deployment"
+        rollback = sysroot.rollback
+        tail = (f"; the next entry names deployment {rollback['checksum'][:12]}.{rollback['serial']} (the rollback)"
+                if rollback else "")
+        return (f"the default boot entry {first['where']} {why}: ostree-prepare-root finds no root to boot "
+                f"(ostree-prepare-root.service){tail}")
+
     def _os(self, image: DiskImage, sysroot: Sysroot, running: Running) -> OsIdentity:
         os_release, os_ev = None, None
         if running.dep_path:
