@@ -8,6 +8,7 @@ edits made by real tools at the partition offsets ``sfdisk --json`` gives:
   filesystem addressed as ``image?offset=N`` (e2fsprogs' unix I/O manager), checked afterwards
   with ``e2fsck -fn`` so a variant is never a damaged filesystem by accident;
 * ``RawWrite``: bytes written at an offset inside a partition (``dd conv=notrunc``);
+* ``GptAttrs``: a GPT entry's attribute bits set with ``sfdisk --part-attrs``;
 * ``BtrfsRebuild``: a btrfs partition made again by ``mkfs.btrfs --rootdir`` from a tree, with the
   distribution's mkfs options, checked with ``btrfs check --readonly`` and written with ``dd``.
 
@@ -158,7 +159,19 @@ class BtrfsRebuild:
                 "files": {path: _digest(data) for path, data in self.files}}
 
 
-Edit = FatPut | FatDelete | ExtPut | ExtSymlink | ExtMkdir | ExtRemove | RawWrite | BtrfsRebuild
+@dataclass(frozen=True)
+class GptAttrs:
+    """Set a GPT entry's attribute bits with ``sfdisk --part-attrs`` (e.g. ``"GUID:49,56"``:
+    ChromeOS/gptprio priority 2, successful)."""
+
+    partition: int
+    attrs: str
+
+    def recipe(self) -> dict:
+        return {"edit": "gpt-attrs", "partition": self.partition, "attrs": self.attrs}
+
+
+Edit = FatPut | FatDelete | ExtPut | ExtSymlink | ExtMkdir | ExtRemove | RawWrite | BtrfsRebuild | GptAttrs
 _EXT_EDITS = (ExtPut, ExtSymlink, ExtMkdir, ExtRemove)
 
 
@@ -311,6 +324,8 @@ def apply_edits(image: Path, edits: Sequence[Edit]) -> None:
                 _apply_raw(image, part, edit, work)
             elif isinstance(edit, BtrfsRebuild):
                 _apply_btrfs(image, part, edit, work)
+            elif isinstance(edit, GptAttrs):
+                run(["sfdisk", "--quiet", "--part-attrs", str(image), str(edit.partition), edit.attrs])
             else:
                 raise TypeError(f"unknown edit {edit!r}")
             i += 1
