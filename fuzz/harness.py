@@ -2,6 +2,7 @@
 
     .venv/bin/python fuzz/harness.py TARGET [libFuzzer options] [CORPUS_DIR ...]
     .venv/bin/python fuzz/harness.py TARGET --replay FILE...     # run inputs once, no fuzzing
+    .venv/bin/python fuzz/harness.py TARGET --lines DIR|FILE...  # line coverage of the target's modules
 
 immutools, dissect and pefile are instrumented for coverage as they are imported: the target's
 modules are imported, then every seed is run once inside the instrumentation hook so that modules
@@ -99,6 +100,56 @@ def make_test_one(target, guard: OpenGuard):
     return test_one
 
 
+def line_coverage(target, inputs: list[bytes]) -> dict[str, list[int]]:
+    """Lines of the target's own modules run by ``inputs``: {module: [covered, executable]}."""
+    import types
+
+    wanted = {}
+    for name in target.modules:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            wanted[os.path.realpath(path)] = name
+    hit: dict[str, set[int]] = {p: set() for p in wanted}
+
+    def tracer(frame, event, arg):
+        path = os.path.realpath(frame.f_code.co_filename)
+        if path not in hit:
+            return None
+        hit[path].add(frame.f_lineno)
+
+        def local(frame, event, arg):
+            if event == "line":
+                hit[path].add(frame.f_lineno)
+            return local
+        return local
+
+    sys.settrace(tracer)
+    try:
+        for data in inputs:
+            try:
+                target.run(data)
+            except Exception:  # noqa: BLE001 - coverage only
+                pass
+    finally:
+        sys.settrace(None)
+
+    def executable(code: types.CodeType) -> set[int]:
+        lines = {ln for _s, _e, ln in code.co_lines() if ln is not None}
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                lines |= executable(const)
+        return lines
+
+    out = {}
+    for path, name in wanted.items():
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec")
+        lines = executable(code) - {code.co_firstlineno}
+        out[name] = [len(hit[path] & lines), len(lines)]
+    return out
+
+
 def _seed_files(dirs: list[str]) -> list[bytes]:
     out = []
     for d in dirs:
@@ -114,6 +165,13 @@ def main(argv: list[str]) -> int:
         return 2
     name, rest = argv[1], argv[2:]
     guard = OpenGuard()
+    if rest and rest[0] == "--lines":
+        import json
+
+        target = load(name, [], instrument=False)
+        files = [f for d in rest[1:] for f in (sorted(Path(d).iterdir()) if Path(d).is_dir() else [Path(d)])]
+        print(json.dumps(line_coverage(target, [f.read_bytes() for f in files[:2000]])))
+        return 0
     if rest and rest[0] == "--replay":
         files = rest[1:]
         target = load(name, [], instrument=False)      # replaying needs no atheris

@@ -4,6 +4,7 @@
     .venv/bin/python fuzz/run.py --seconds 120 cpio pe    # some targets, longer
     .venv/bin/python fuzz/run.py --runs 3000 --seconds 8  # the short CI campaign
     .venv/bin/python fuzz/run.py --save                   # copy new crash inputs to tests/data/fuzz/
+    .venv/bin/python fuzz/run.py --lines                  # and line coverage of each target's modules
 
 Each target runs in its own process (``fuzz/harness.py``) on its seeds (``fuzz/seeds.py``, made
 with the real tools) and a corpus kept in ``.cache/fuzz/corpus/<target>`` between campaigns. A
@@ -13,8 +14,10 @@ restarts the target for the rest of its time. Crashes are told apart by their si
 exception type and the innermost frame in immutools or a library, or "timeout"/"out of memory".
 
 The report (printed, and with ``--json FILE`` written as JSON) gives per target: executions,
-libFuzzer's coverage (``cov``: instrumented edges reached; ``ft``: features), corpus size, peak
-RSS, and each unique crash with the input that shows it.
+libFuzzer's coverage (``cov``: instrumented edges reached, in every instrumented module; ``ft``:
+features), corpus size, peak RSS, each unique crash with the input that shows it, and with
+``--lines`` the lines of the target's own modules its corpus runs (measured after the campaign by
+replaying the corpus under ``sys.settrace``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class TargetResult:
     seconds: float = 0.0
     restarts: int = 0
     crashes: list[Crash] = field(default_factory=list)
+    lines: dict = field(default_factory=dict)     # module -> [lines run by the corpus, executable lines]
 
     @property
     def unique_crashes(self) -> int:
@@ -178,6 +182,19 @@ def fuzz_target(name: str, seconds: float, runs: int | None, timeout: int, rss_m
     return result
 
 
+def corpus_lines(name: str, corpus_root: Path) -> dict:
+    """Line coverage of the target's own modules by its final corpus and seeds (``harness --lines``)."""
+    from fuzz.seeds import seed_dir
+
+    proc = subprocess.run([sys.executable, str(REPO / "fuzz" / "harness.py"), name, "--lines",
+                           str(corpus_root / "corpus" / name), str(seed_dir(name))],
+                          capture_output=True, text=True, cwd=REPO, timeout=3600)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+
+
 def save_crashes(results: list[TargetResult]) -> list[Path]:
     """Copy each unique crash's input to ``tests/data/fuzz/<target>/`` (the regression tests replay them)."""
     saved = []
@@ -195,10 +212,12 @@ def save_crashes(results: list[TargetResult]) -> list[Path]:
 
 
 def report(results: list[TargetResult]) -> str:
-    lines = [f"{'target':<12} {'executions':>11} {'cov':>6} {'ft':>7} {'corpus':>7} {'rss MB':>7} {'seconds':>8}  unique crashes"]
+    lines = [f"{'target':<12} {'executions':>11} {'cov':>6} {'ft':>7} {'corpus':>7} {'rss MB':>7} {'seconds':>8}  "
+             f"unique crashes  lines of the target's modules"]
     for r in results:
+        covered = ", ".join(f"{m.rsplit('.', 1)[-1]} {c}/{t} ({100 * c // max(t, 1)}%)" for m, (c, t) in r.lines.items())
         lines.append(f"{r.target:<12} {r.executions:>11} {r.cov:>6} {r.ft:>7} {r.corpus:>7} {r.peak_rss_mb:>7} "
-                     f"{r.seconds:>8.0f}  {r.unique_crashes}")
+                     f"{r.seconds:>8.0f}  {r.unique_crashes:>14}  {covered}")
         for sig in sorted({c.signature for c in r.crashes}):
             example = next(c for c in r.crashes if c.signature == sig)
             lines.append(f"    - {sig}: {example.message[:160]} ({example.input})")
@@ -218,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="start from the seeds, not the kept corpus")
     ap.add_argument("--save", action="store_true", help="copy unique crash inputs to tests/data/fuzz/")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
+    ap.add_argument("--lines", action="store_true", help="also measure line coverage of each target's modules by its corpus")
     args = ap.parse_args(argv)
     names = args.targets or list(TARGETS)
     unknown = set(names) - set(TARGETS)
@@ -227,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         r = fuzz_target(name, args.seconds, args.runs, args.timeout, args.rss_mb, args.dir, args.fresh,
                         log_dir=args.dir / "logs")
+        if args.lines:
+            r.lines = corpus_lines(name, args.dir)
         results.append(r)
         print(report([r]).splitlines()[1], flush=True)
     print(report(results))

@@ -510,6 +510,8 @@ def ext4_damage(spec: str, fs_root: str = "/") -> list[Case]:
              secret=secret, warn=False),
         Case(f"{spec}/ext4/os-release-claims-exabytes", _derived(base, _debugfs(off, [f"sif {osr[1]} size 0x1000000000000000"]))),
         Case(f"{spec}/ext4/etc-not-a-directory", _derived(base, _debugfs(off, [f"sif {etc} mode 0100644"])), warn=False),
+        Case(f"{spec}/ext4/directories-300-deep",
+             _derived(base, _debugfs(off, [f"mkdir {etc}/deep" + "/d" * i for i in range(300)])), warn=False),
         Case(f"{spec}/ext4/root-inode-cleared", _derived(base, _debugfs(off, ["clri <2>"]))),
         Case(f"{spec}/ext4/etc-directory-block-garbage", _derived(base, _etc_block_garbage(off, etc))),
         Case(f"{spec}/ext4/inode-table-random", _derived(base, _inode_table_random(off))),
