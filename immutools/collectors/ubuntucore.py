@@ -45,9 +45,12 @@ class Data:
     modeenv_evidence: dict | None = None
     snaps: dict = field(default_factory=dict)           # snap name -> revisions
 
+    booted_base: str | None = None                      # the base snap-bootstrap mounts at the next boot
+    base_note: dict | None = None                       # why, when it is not modeenv's base=
+
     @property
     def base(self) -> str | None:
-        return self.modeenv.get("base")
+        return self.booted_base or self.modeenv.get("base")
 
     @property
     def kernel(self) -> str | None:
@@ -112,6 +115,7 @@ class UbuntuCoreCollector(Collector):
             data.snaps = self._revisions(dfs)
         if data.modeenv:
             data.modeenv_evidence = evidence(f"{vol.describe()}: {k['data']['modeenv']}", "snapd modeenv")
+            self._select_base(image, data)
         else:
             findings.explain("mount /", f"no snapd modeenv ({k['data']['modeenv']}) names the base snap")
         base_fs = self._snap_fs(image, dfs, f"{k['data']['snaps']}/{data.base}") if data.base and dfs is not None else None
@@ -168,7 +172,7 @@ class UbuntuCoreCollector(Collector):
         table = MountTable()
         base_src = f"/writable{k['data']['snaps']}/{data.base}" if data.base else None
         table.add(MountEntry("/", base_src, "squashfs", ["ro"], observed=False,
-                             evidence=[e for e in (data.modeenv_evidence,) if e]
+                             evidence=[e for e in (data.modeenv_evidence, data.base_note) if e]
                              + [evidence(ref, "the base snap is mounted as / by snap-bootstrap", False)]))
         vol = data.volume
         if vol is not None:
@@ -216,10 +220,37 @@ class UbuntuCoreCollector(Collector):
             ev.append(evidence(f"{boot.describe()}: {k['boot']['grubenv']}", f"kernel_status={state['grubenv'].get('kernel_status', '')}"))
         update = Update(mechanism="snap-revisions", agent="snapd", slots=slots, rollback=k["rollback"], evidence=ev,
                         extra={"atomic": True, "try_base": data.modeenv.get("try_base"),
+                               "base_status": data.modeenv.get("base_status") or None,
                                "kernel_status": state["grubenv"].get("kernel_status"), "try_kernel": state["try_kernel"]})
         return update, state
 
     # ------------------------------------------------------------------------------- pieces
+    def _select_base(self, image: DiskImage, data: Data) -> None:
+        """The base snap-bootstrap mounts (snapd boot/bootstate20.go, bootState20Base
+        selectAndCommitSnapInitramfsMount; boot/modeenv.go keys try_base, base_status): with
+        base_status=try it boots try_base (and writes "trying"); "trying" means that try never
+        finished, so it falls back to base=."""
+        status, trying = data.modeenv.get("base_status", ""), data.modeenv.get("try_base")
+        where = f"{data.volume.describe()}: {self.knowledge['data']['modeenv']}"
+        if status == "try" and trying:
+            path = f"{self.knowledge['data']['snaps']}/{trying}"
+            try:
+                present = data.fs is not None and data.fs.exists(path)
+            except ImmutoolsError:
+                present = False
+            if present:
+                data.booted_base = trying
+                data.base_note = evidence(where, f"base_status=try: the next boot tries {trying} (base={data.modeenv.get('base')} "
+                                                 "stays the fallback)", False)
+            else:
+                data.base_note = evidence(where, f"base_status=try but {path} is missing: snap-bootstrap falls back to "
+                                                 f"base={data.modeenv.get('base')}", False)
+                image.warn(f"{where}: try_base={trying} is not in {self.knowledge['data']['snaps']}: the try falls back "
+                           f"to base={data.modeenv.get('base')}")
+        elif status == "trying" and trying:
+            data.base_note = evidence(where, f"base_status=trying: the try of {trying} did not finish, snap-bootstrap "
+                                             f"falls back to base={data.modeenv.get('base')}", False)
+
     def _revisions(self, fs) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         if fs is None:
