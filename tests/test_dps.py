@@ -350,3 +350,83 @@ def test_var_partition_uuid_agrees_with_systemd_id128():
         pytest.skip("this machine has no machine ID")
     theirs = run(["systemd-id128", "machine-id", f"--app-specific={GPT_VAR}", "--uuid"]).stdout.decode().strip()
     assert var_partition_uuid(machine_id) == theirs
+
+
+# ------------------------------------------------------------------------------------------------
+# never a silent gap: a damaged boot chain leaves the root hash missing, with the reason
+# ------------------------------------------------------------------------------------------------
+def _sfdisk_partition(image: Path, number: int) -> tuple[int, int]:
+    """(start, size) in bytes of partition ``number`` as ``sfdisk --json`` reads it."""
+    table = json.loads(run(["sfdisk", "--json", image]).stdout)["partitiontable"]
+    part = next(p for p in table["partitions"] if p["node"].endswith(str(number)))
+    return part["start"] * 512, part["size"] * 512
+
+
+def _damage_uki(image: Path, uki: str, how: str, tmp_path: Path) -> None:
+    """Delete the ESP's only UKI with mdel, or overwrite it with bytes no PE reader accepts (mcopy)."""
+    start, _size = _sfdisk_partition(image, 1)
+    target = f"{image}@@{start}"
+    if how == "deleted":
+        run(["mdel", "-i", target, f"::{uki}"])
+    else:
+        junk = tmp_path / "junk.efi"
+        junk.write_bytes(b"MZ" + b"\xa5" * 4094)
+        run(["mcopy", "-o", "-i", target, junk, f"::{uki}"])
+
+
+@pytest.mark.parametrize("subject, uki_damage, zero_signature", [
+    ("particleos", "deleted", True),       # usr-verity: no UKI to pin usrhash=, signature partition zeroed
+    ("particleos", "corrupted", True),
+    ("particleos", "deleted", False),      # the signature partition alone still gives the hash
+    ("mkosi", "deleted", False),           # root-verity, no signature partition: roothash= was the only source
+])
+def test_damaged_boot_chain_is_explained(tmp_path, subject, uki_damage, zero_signature):
+    """A copy of a DPS image whose default UKI is deleted (mdel) or made unreadable (mcopy), and
+    whose verity signature partition is zeroed where sfdisk says it lies: the root hash of the
+    image's verity-protected partition is missing -- never a silent gap -- and the completeness
+    warning names the UKI directory and the signature problem; the mount it would protect is
+    reported as the generator mounts it, inferred, with the same reason."""
+    if not all(have(t) for t in ("sfdisk", "mdel", "mcopy")):
+        pytest.skip("needs sfdisk and mtools")
+    if subject == "particleos":
+        source, target, uki = build_replica(SPEC), "/usr", None
+    else:
+        _needs_tools()
+        source, target, uki = small_mkosi_image(), "/", "EFI/Linux/debian-mkosi_1.efi"
+    image = tmp_path / "damaged.raw"
+    subprocess.run(["cp", "--sparse=always", str(source), str(image)], check=True)
+    healthy = scan(str(image), progress=False)
+    assert healthy["completeness"]["status"] == "complete", healthy["completeness"]
+    uki = uki or healthy["distribution"]["default_uki"]
+    _damage_uki(image, uki, uki_damage, tmp_path)
+    if zero_signature:
+        start, size = _sfdisk_partition(image, 2)
+        with open(image, "r+b") as f:
+            os.pwrite(f.fileno(), bytes(size), start)
+
+    report = scan(str(image), progress=False)
+    jsonschema.validate(report, SCHEMA)
+    assert report["os"]["collector"] == "dps" and report["os"]["role"] == healthy["os"]["role"]
+    facts = {f["fact"]: f for f in report["completeness"]["facts"]}
+    assert facts["update.active_slot"]["status"] == "observed" and report["update"]["active_slot"] == "A"
+    if uki_damage == "corrupted":
+        assert any(f"/{uki}: not a readable UKI" in w for w in report["warnings"]), report["warnings"]
+    if subject == "particleos" and not zero_signature:
+        # DPS "Verity" mode 2: the signature partition pins the same hash without the UKI
+        assert report["integrity"]["root_hash"] == healthy["integrity"]["root_hash"]
+        assert facts["integrity.root_hash"]["status"] == "observed"
+        assert report["completeness"]["status"] == "complete"
+        return
+    assert report["integrity"]["root_hash"] is None and report["integrity"]["verity"] is False
+    assert report["completeness"]["status"] == "incomplete"
+    missing = facts["integrity.root_hash"]
+    assert missing["status"] == "missing" and "/EFI/Linux" in missing["reason"], missing
+    named = "no JSON object" if zero_signature else "no verity signature partition"
+    assert named in missing["reason"], missing
+    assert any(w.startswith("completeness: integrity.root_hash is missing: ") and "/EFI/Linux" in w and named in w
+               for w in report["warnings"]), report["warnings"]
+    mount = next(m for m in report["mounts"] if m["target"] == target)
+    assert mount["observed"] is False and mount["integrity"] == "none" and mount["access"] == "ro"
+    assert facts[f"mount {target}"]["status"] == "inferred"
+    assert "whether dm-verity protects it is unknown" in facts[f"mount {target}"]["reason"]
+    assert any(f"mount {target} (no root hash for {target}:" in w for w in report["warnings"]), report["warnings"]
