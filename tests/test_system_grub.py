@@ -1,5 +1,8 @@
-"""GRUB configuration reading, on configurations written here after the shapes the reference
-sheets describe (Flatcar §2.4, Bottlerocket §4.4, Talos §2.1), plus the language corners."""
+"""GRUB configuration reading on configurations written here after the shapes Flatcar
+(flatcar/scripts build_library/grub.cfg), Bottlerocket (twoliter rpm2img) and Talos (talos
+bootloader/grub/encode.go) generate, plus the offline-evaluation rules: what is unknown at run
+time, undecidable branches, warnings and limits. The distributions' own files are in
+test_grub_templates.py; GRUB's semantics against grub-emu in test_grub_conformance.py."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from builders import cached, have, run
-from immutools.errors import CorruptDataError
+from immutools.errors import CorruptDataError, LimitExceededError
 from immutools.fs import open_filesystem
 from immutools.image.source import FileSource
 from immutools.system.grubcfg import fs_file_test, fs_loader, grub_cfg_from_tar, parse_grub_cfg
@@ -105,12 +108,15 @@ def test_flatcar_unknown_slot_stays_visible():
     assert any("usr_uuid" in n for n in cfg.notes)
     assert not default.kernel_cmdline().observed
     a = cfg.find_entry("flatcar-a")
-    assert a.kernel_path == "/flatcar/vmlinuz-a" and a.linux_command == "linux" and not a.unresolved
+    assert a.kernel_path == "/flatcar/vmlinuz-a" and a.linux_command == "linux"
+    # the console depends on $grub_platform, first_boot on a file test nobody can answer here:
+    # both unknown at run time, so the line is not "observed"
+    assert a.unresolved == ["first_boot", "linux_console"] and "$linux_console" in a.cmdline_words
     line = a.kernel_cmdline()
     assert line.get("verity.usr") == "PARTLABEL=USR-A" and line.get("root") == "LABEL=ROOT"
-    assert line.get("mount.usrflags") == "ro" and line.get("console") is None   # platform unknown
-    assert line.observed
-    assert "grub_platform" in cfg.unresolved
+    assert line.get("mount.usrflags") == "ro" and line.get("console") is None
+    assert not line.observed
+    assert "grub_platform" in cfg.unresolved and "grub_platform" in cfg.unknown
 
 
 def test_flatcar_with_boot_facts_seeded():
@@ -156,11 +162,11 @@ menuentry "Bottlerocket OS 1.26.1" --unrestricted {{
 
 
 def test_bottlerocket_dm_verity_variable():
-    cfg = parse_grub_cfg(BOTTLEROCKET, env={"boot_uuid": "6b636168-7420-6568-2070-6c616e657421"})
+    cfg = parse_grub_cfg(BOTTLEROCKET, env={"boot_uuid": "6b636168-7420-6568-2070-6c616e657421", "private": "hd0,gpt7"})
     (entry,) = cfg.entries
     assert entry.title == "Bottlerocket OS 1.26.1" and entry.index == "0"
-    assert entry.kernel_device == "$root" and entry.kernel_path == "/vmlinuz"
-    assert entry.initrds == ["($private)/bootconfig.data"]
+    assert entry.kernel_device == "$root" and entry.kernel_path == "/vmlinuz"   # $root: set by GRUB, not seeded
+    assert entry.initrds == ["(hd0,gpt7)/bootconfig.data"]
     # the quoted variable stays one word, and is quoted again on the kernel command line
     dm_word = next(w for w in entry.cmdline_words if w.startswith("dm-mod.create="))
     assert " verity 1 PARTUUID=6b636168-7420-6568-2070-6c616e657421/PARTNROFF=1 " in dm_word
@@ -172,9 +178,12 @@ def test_bottlerocket_dm_verity_variable():
     assert dev.tables[0].arg_list[8] == "ab" * 32 and dev.tables[0].arg_list[-1] == "ignore_zero_blocks"
     assert [a.key for a in line.init_args] == ["systemd.log_target", "systemd.log_color", "systemd.show_status"]
     assert cfg.default_entry() is entry
-    # without the boot partition's GUID the table keeps $boot_uuid and the line is not "observed"
-    unseeded = parse_grub_cfg(BOTTLEROCKET).entries[0]
-    assert "PARTUUID=$boot_uuid/PARTNROFF=1" in unseeded.cmdline and not unseeded.kernel_cmdline().observed
+    # a GUID the caller cannot tell stays $boot_uuid and the line is not "observed" ...
+    unknown = parse_grub_cfg(BOTTLEROCKET, unknown=["boot_uuid"]).entries[0]
+    assert "PARTUUID=$boot_uuid/PARTNROFF=1" in unknown.cmdline and not unknown.kernel_cmdline().observed
+    # ... while an unset variable is empty, as in GRUB ($private too: "()")
+    unset = parse_grub_cfg(BOTTLEROCKET).entries[0]
+    assert "PARTUUID=/PARTNROFF=1" in unset.cmdline and unset.initrds == ["()/bootconfig.data"]
 
 
 TALOS = r"""set default="A - Talos v1.9.0"
@@ -220,7 +229,9 @@ def test_talos_default_by_title_and_escapes():
     assert [e.title for e in cfg.fallback_entries()] == ["B - Talos v1.8.3"]
     assert cfg.find_entry("2").title.startswith("Reset")
     assert cfg.find_entry("no such entry") is None
-    assert cfg.notes == [] and cfg.unresolved == []
+    assert cfg.unresolved == [] and cfg.warnings == [
+        "grub.cfg: fallback 'B - Talos v1.8.3' is not an entry number: GRUB ignores it "
+        "(normal/menu.c reads fallback entries as numbers only)"]
 
 
 def test_language_corners():
@@ -250,7 +261,7 @@ set default="more>inner"
     assert [e.index for e in cfg.entries] == ["0", "1>0", "1>1", "2"]
     assert cfg.entries[1].submenu == "More"
     assert cfg.variables["t"] == "1" and cfg.variables["f"] == "3" and cfg.variables["g"] == "ok"
-    assert "loop" not in cfg.variables and any("loop body" in n for n in cfg.notes)
+    assert cfg.variables["loop"] == "3" and cfg.variables["i"] == "3"      # loops run
     assert cfg.default_entry().title == "Inner"
     assert cfg.find_entry("1>1").title == "Inner2"
     assert cfg.find_entry("2").title == "After"
@@ -266,17 +277,24 @@ fi
 menuentry "Always" { linux /always }
 """
     cfg = parse_grub_cfg(text)
-    assert cfg.variables["x"] == "before"
+    # both branches run on their own copies; x differs between them, so it is unknown
+    assert cfg.variables["x"] == "$x" and cfg.unknown["x"].startswith("grub.cfg:2: set differently")
+    assert cfg.warnings[0].startswith("grub.cfg:2: test -f /flag: no file lookup available offline")
+    assert cfg.warnings[1].startswith("grub.cfg:2: condition not decidable offline")
     assert [(e.title, e.conditional) for e in cfg.entries] == [("Maybe", True), ("Always", False)]
     assert not cfg.entries[0].kernel_cmdline().observed
     decided = parse_grub_cfg(text, file_exists=lambda op, p: op == "-f" and p == "/flag")
-    assert decided.variables["x"] == "inside" and not decided.entries[0].conditional
+    assert decided.variables["x"] == "inside" and not decided.entries[0].conditional and decided.warnings == []
+    # the same value in both branches is known
+    same = parse_grub_cfg("if [ -f /flag ]; then y=1; else y=1; fi\n")
+    assert same.variables["y"] == "1" and "y" not in same.unknown
 
 
 def test_hostile_input_is_bounded():
-    recursive = "function f { f }\nmenuentry x { f\n linux /k }\n"
+    # (``function f { f }`` is a syntax error for GRUB: a function body needs ``;`` before ``}``)
+    recursive = "function f { f; }\nmenuentry x { f\n linux /k }\n"
     cfg = parse_grub_cfg(recursive)
-    assert cfg.entries[0].kernel == "/k" and any("nested too deeply" in n for n in cfg.notes)
+    assert cfg.entries[0].kernel == "/k" and any("nested too deeply" in n for n in cfg.warnings)
     self_source = parse_grub_cfg("source /again\n", loader=lambda p: "source /again\n")
     assert any("nested too deeply" in n for n in self_source.notes)
     rng = random.Random(1234)
@@ -284,13 +302,14 @@ def test_hostile_input_is_bounded():
     for _ in range(300):
         junk = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 120)))
         parse_grub_cfg(junk)          # never raises
+    # a block never closed is a syntax error for GRUB: no entry, and a warning saying so
     unbalanced = parse_grub_cfg('menuentry "open" {\n linux /k a\n')
-    assert unbalanced.entries[0].kernel == "/k"
+    assert unbalanced.entries == [] and unbalanced.warnings[0].startswith("grub.cfg:3: syntax error at end of file")
 
 
 def test_nesting_is_bounded():
     deep = "if true; then\n" * 40 + "set x=1\n" + "fi\n" * 40
-    with pytest.raises(CorruptDataError):
+    with pytest.raises(LimitExceededError, match=r"^grub\.cfg:33: blocks nested deeper than 32$"):
         parse_grub_cfg(deep)
     ok = "if true; then\n" * 10 + "set x=1\n" + "fi\n" * 10
     assert parse_grub_cfg(ok).variables["x"] == "1"
@@ -344,3 +363,88 @@ def test_tar_member_size_is_bounded(tmp_path):
     assert grub_cfg_from_tar(archive.read_bytes()).startswith("set x=1")
     with pytest.raises(Exception, match="more than"):
         grub_cfg_from_tar(archive.read_bytes(), max_bytes=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline evaluation: run-time unknowns, seeds, merges, warnings
+# ---------------------------------------------------------------------------------------------
+def test_unset_is_empty_but_run_time_values_are_unknown():
+    text = 'menuentry x {\n  linux$suf /k a=$unset b=$root c=$usr_uuid\n}\n'
+    entry = parse_grub_cfg(text).entries[0]
+    # $suf and $unset are unset (empty, as in GRUB); $root is set by GRUB before the file runs
+    assert entry.linux_command == "linux" and entry.cmdline_words == ["a=", "b=$root", "c="]
+    assert entry.unresolved == ["root"]
+    # the caller can say a variable exists at run time with a value it cannot tell
+    marked = parse_grub_cfg(text, unknown=["usr_uuid"]).entries[0]
+    assert marked.cmdline_words[2] == "c=$usr_uuid" and marked.unresolved == ["root", "usr_uuid"]
+    seeded = parse_grub_cfg(text, env={"root": "hd0,gpt1", "suf": "efi"}).entries[0]
+    assert seeded.linux_command == "linuxefi" and seeded.cmdline_words[1] == "b=hd0,gpt1"   # the file sets nothing
+
+
+def test_run_time_commands_take_the_seed_or_become_unknown():
+    text = ("gptprio.next -d dev -u uuid\n"
+            "if [ $? -ne 0 ]; then echo failed; fi\n"
+            "search --no-floppy --fs-uuid --set=boot 1234\n"
+            'echo "[$uuid] [$boot]"\n')
+    cfg = parse_grub_cfg(text, env={"dev": "hd0,gpt3", "uuid": "abc"})
+    # the caller knows what gptprio.next picks, so it succeeded; search's answer is unknown
+    assert cfg.output == ["[abc] [$boot]"] and cfg.unknown["boot"] == "grub.cfg:3: set by search at run time"
+    assert cfg.warnings == ["grub.cfg:3: search sets $boot at run time: unknown offline"]
+    blind = parse_grub_cfg(text)
+    # "failed" is printed in one branch only: the output says where it forks
+    assert blind.output == ["[output depends on grub.cfg:2]", "[$uuid] [$boot]"]
+    assert any(w.startswith("grub.cfg:2: condition not decidable offline (depends on $? of gptprio.next (line 1))")
+               for w in blind.warnings)
+
+
+def test_default_entry_rules_and_warnings():
+    menu = 'menuentry a { linux /a }\nmenuentry b --id bee { linux /b }\nmenuentry c { echo no kernel }\n'
+    assert parse_grub_cfg(menu).default_entry().title == "a"                       # unset: the first
+    assert parse_grub_cfg("set default=bee\n" + menu).default_entry().title == "b"  # by id
+    assert parse_grub_cfg("set default=1\n" + menu).default_entry().title == "b"    # by number
+    missing = parse_grub_cfg("set default=zzz\n" + menu)
+    assert missing.default_entry().title == "a" and missing.warnings == [
+        "grub.cfg: default 'zzz' matches no menu entry: GRUB boots the first one"]
+    no_kernel = parse_grub_cfg("set default=c\n" + menu)
+    assert no_kernel.default_entry().title == "c" and no_kernel.default_entry().output == ["no kernel"]
+    assert no_kernel.warnings == ["grub.cfg:4: the default entry 'c' runs no linux command"]
+    unknown = parse_grub_cfg("search --set default --file /x\n" + menu)
+    assert unknown.default_entry() is None
+    assert "grub.cfg: default '$default' is unknown at run time: the entry GRUB boots is not known" in unknown.warnings
+    assert parse_grub_cfg("").default_entry() is None and parse_grub_cfg("").warnings == []
+
+
+def test_undecidable_loop_merges_zero_and_one_more_iteration():
+    cfg = parse_grub_cfg("n=a\nwhile [ -f /x$n ]; do n=${n}a; done\nk=1\n")
+    assert cfg.variables["n"] == "$n" and cfg.variables["k"] == "1"
+    assert cfg.warnings[-1].startswith("grub.cfg:2: loop condition not decidable offline")
+
+
+def test_warnings_name_file_and_line_of_sourced_files():
+    files = {"/a.cfg": "set x=1\nfrobnicate --all\nsource /b.cfg\n", "/b.cfg": "\n\nif [ -e $root/z ]; then y=1; fi\n"}
+    cfg = parse_grub_cfg("source /a.cfg\n", loader=files.get, name="/boot/grub/grub.cfg")
+    assert cfg.sourced == ["/a.cfg", "/b.cfg"] and cfg.variables["x"] == "1"
+    assert cfg.warnings == [
+        "/a.cfg:2: command 'frobnicate' not evaluated (not modelled; it could change variables or the menu)",
+        "/b.cfg:3: test -e $root/z: no file lookup available offline",
+        "/b.cfg:3: condition not decidable offline (depends on $root): both branches evaluated, what they set "
+        "differently is unknown"]
+    gone = parse_grub_cfg("source /nowhere.cfg\nconfigfile /other.cfg\n", loader=files.get)
+    assert gone.warnings == ["grub.cfg:1: source /nowhere.cfg: not found: not followed",
+                             "grub.cfg:2: configfile /other.cfg: not found: not followed"]
+
+
+def test_loader_command_line_is_built_as_grub_does():
+    entry = parse_grub_cfg('menuentry x { linux /k a "b c" \'q"uote\' back\\\\slash "it\'s" }\n').entries[0]
+    assert entry.cmdline_words == ["a", "b c", 'q"uote', "back\\slash", "it's"]
+    # lib/cmdline.c: quotes around words with a space, a backslash before \ ' and "
+    assert entry.cmdline == 'a "b c" q\\"uote back\\\\slash it\\\'s'
+    assert entry.proc_cmdline.startswith("BOOT_IMAGE=/k a ")
+
+
+def test_entry_body_runs_with_the_final_variables_and_its_own_parameters():
+    text = ('set v=early\nmenuentry "T" --id t extra {\n  linux /k v=$v one=$1 two=$2 n=$# chosen=$chosen\n}\n'
+            "set v=late\n")
+    entry = parse_grub_cfg(text).entries[0]
+    assert entry.cmdline_words == ["v=late", "one=T", "two=extra", "n=2", "chosen=t"]
+    assert entry.args == ["extra"] and entry.users == "" and not entry.unrestricted
