@@ -17,7 +17,7 @@ from immutools.fs import open_filesystem
 from immutools.image.source import FileSource
 from immutools.system.rootview import OsTree
 
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 
 
 def _write(path: Path, text: str | bytes, mode: int = 0o644) -> Path:
@@ -143,7 +143,8 @@ def make_full(base: Path) -> None:
 
 def make_bare(base: Path) -> None:
     """No shells, no package managers, no SELinux, no init; sshd present but not enabled, its
-    socket linked but masked; modules cannot be loaded at all."""
+    socket linked but masked; modules cannot be loaded at all. A configured system (it has a
+    machine ID), so systemd's first-boot presets do not apply (machine-id(5))."""
     root, usr = base / "root", base / "usr"
     for d in ("usr", "etc", "var", "tmp"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -151,6 +152,7 @@ def make_bare(base: Path) -> None:
     _link(es / "sockets.target.wants/sshd.socket", "/usr/lib/systemd/system/sshd.socket")
     _link(es / "sshd.socket", "/dev/null")
     _write(root / "etc/selinux/README", "no config here\n")
+    _write(root / "etc/machine-id", "0123456789abcdef0123456789abcdef\n")
     _write(usr / "bin/agent", _elf("agent"), 0o755)
     _write(usr / "bin/notashell-sh", _elf("x"), 0o755)
     _write(usr / "sbin/sshd", _elf("sshd"), 0o755)

@@ -22,6 +22,8 @@ import sys
 import pytest
 
 from realsys import FAST_IMAGES, IMAGES, SLOW_IMAGES, RealSystemUnavailable, real_system
+from realsys.tree import tree_tarball
+from realsys.truth import first_boot_enabled
 
 from immutools.scan import scan
 from immutools.verify import verify_image
@@ -135,6 +137,15 @@ def _os(key, osrel_key):
 
 def _surface(key, truth_key=None, convert=lambda v: v):
     return lambda report, _v, truth: (report["surface"].get(key), convert(truth["tree"][truth_key or key]))
+
+
+def _sshd_enabled(report, _verify, truth):
+    """An image that boots without /etc/machine-id (a usr-only image: its /etc starts empty) gets
+    systemd's first-boot presets: systemctl --root says what they enable."""
+    theirs = truth["tree"]["sshd_enabled"]
+    if truth["tree"]["scope"] == "/usr" and not theirs:
+        theirs = first_boot_enabled(tree_tarball())
+    return report["surface"].get("sshd_enabled"), theirs
 
 
 def _fstab_mounts(report, _verify, truth):
@@ -336,7 +347,7 @@ FIELDS = {
     "surface.setuid": (ALL, _surface("setuid")),
     "surface.setgid": (ALL, _surface("setgid")),
     "surface.sshd": (ALL, _surface("sshd")),
-    "surface.sshd_enabled": (ALL, _surface("sshd_enabled")),
+    "surface.sshd_enabled": (ALL, _sshd_enabled),
     "surface.init": (ALL, _surface("init")),
     "surface.selinux": (ALL, _selinux),
     "surface.kernel_modules.count": (ALL, lambda r, _v, t: (r["surface"]["kernel_modules"]["count"], t["tree"]["kernel_modules"])),

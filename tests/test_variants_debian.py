@@ -211,8 +211,6 @@ def test_sshd_not_to_be_run_is_shown():
     assert any("ConditionPathExists=!/etc/ssh/sshd_not_to_be_run fails" in e["detail"] for e in row["evidence"])
 
 
-@pytest.mark.xfail(strict=True, reason="surface.py: sshd_enabled ignores a failing ConditionPathExists= "
-                                       "(units.Enablement.condition_failure carries it; surface.sshd must use it)")
 def test_sshd_not_to_be_run_is_not_started():
     """... so sshd does not run: the SSH server is not enabled."""
     assert report_of("ssh-not-to-be-run")["surface"]["sshd_enabled"] is False

@@ -290,9 +290,10 @@ class _Inventory:
                 if preset and preset.path:
                     row["evidence"].append(self.ev(preset.path, f"preset line {preset.line}: {preset.action} {preset.pattern}", observed=False))
                 units_rows.append(row)
-                # starts at boot: pulled in, and (when default.target is known) by a chain that
-                # starts there -- a unit only a rescue target requires does not run
-                enabled = enabled or (state.enabled and state.reachable is not False)
+                # starts at boot: pulled in, (when default.target is known) by a chain that starts
+                # there -- a unit only a rescue target requires does not run -- and not skipped by a
+                # ConditionPath*= that fails in the image (sshd_not_to_be_run)
+                enabled = enabled or (state.enabled and state.reachable is not False and state.condition_failure is None)
         return binaries, units_rows, enabled
 
     def package_managers(self) -> tuple[list[dict], list[dict]]:

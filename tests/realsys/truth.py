@@ -312,3 +312,28 @@ def tree_truth(tree: Path, scope: str = "/") -> dict:
         "home": dir_state(tree, "/home") if scope == "/" else None,
         "srv": dir_state(tree, "/srv") if scope == "/" else None,
     }
+
+
+def first_boot_enabled(tree_tar: Path, units: tuple[str, ...] = SSHD_UNITS) -> bool:
+    """Whether systemd itself enables any of ``units`` on a first boot of this tree's /usr (no
+    /etc/machine-id: machine-id(5) "First Boot Semantics"; systemd 252 runs the presets in
+    enable-only mode, and a unit no preset line names is enabled). Asked of ``systemctl --root``
+    on a staging root holding the tree's unit files and presets, with an empty /etc."""
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with tarfile.open(tree_tar) as tar:
+            members = [m for m in tar.getmembers()
+                       if m.name.lstrip("./").startswith(("usr/lib/systemd/system/", "usr/lib/systemd/system-preset/"))]
+            tar.extractall(root, members=members, filter="tar")
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "lib").symlink_to("usr/lib")
+        subprocess.run(["systemctl", f"--root={root}", "preset-all", "--preset-mode=enable-only"],
+                       capture_output=True, check=True)
+        for unit in units:
+            state = subprocess.run(["systemctl", f"--root={root}", "is-enabled", unit], capture_output=True, text=True)
+            if state.stdout.strip() == "enabled":
+                return True
+    return False
