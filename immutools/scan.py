@@ -169,7 +169,7 @@ def scan_image(image: DiskImage) -> dict:
         os_section["candidates"] = [
             {"collector": d.collector, "confidence": d.confidence} for d in sorted(detections, key=lambda d: -d.confidence)
         ]
-    completeness = evaluate(report, getattr(collector, "knowledge", None),
+    completeness = evaluate(report, collector.knowledge if collector is not None else None,
                             findings.explanations if findings is not None else None)
     for line in warnings_for(completeness):
         image.warn(line)

@@ -118,6 +118,13 @@ LOOKUP_TABLES = {
     },
     # partitions found by label when their numbers moved
     "cos": {"gpt.slots.B.kernel_label", "gpt.slots.B.root_label"},
+    "dps": {
+        # every DPS image kind has its own block (os.role); the top level serves an image whose kind
+        # is unknown; no replica is a plain-root or plain-usr image (tests/test_dps.py builds small ones)
+        "guarantees.facts", "guarantees.documented_by", "guarantees.roles.root-verity", "guarantees.roles.usr",
+        # pairing by partition label, when no root hash is known
+        "verity_label_suffix",
+    },
 }
 
 

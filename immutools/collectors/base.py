@@ -49,12 +49,6 @@ class Collector:
         becomes a warning."""
         findings = Findings()
         try:
-            if type(self).gather is Collector.gather:
-                # A collector not yet moved to ``gather`` (returns the sections as dicts).
-                for name, value in type(self).collect(self, image, detection).items():
-                    if name in Findings.SECTIONS:
-                        setattr(findings, name, value)
-                return findings
             self.gather(image, detection, findings)
         except ImmutoolsError as exc:
             done = ", ".join(s for s in Findings.SECTIONS if getattr(findings, s) is not None) or "none"

@@ -12,7 +12,6 @@ from immutools.report.model import Findings, Integrity, OsIdentity
 from immutools.system.compose import (
     compose_system, explain_missing_version, finish, find_root, identify_arch, lenient_resolver, package_manager_update,
 )
-from immutools.system.compose import arch_from_tree, detect_arch  # noqa: F401  (collectors not yet moved import these from here)
 
 
 class GenericLinuxCollector(Collector):
