@@ -370,6 +370,8 @@ t test vmlinuz-2 -plt vmlinuz-11
 t test abc12 -pgt abc9
 t test 5 -pgt 40
 t test 1.10 -pgt 1.9
+t test a -nlt b
+t test "" -nlt b
 """,
         None,
         [
@@ -393,6 +395,8 @@ t test 1.10 -pgt 1.9
             'test abc12 -pgt abc9: true',
             'test 5 -pgt 40: false',
             'test 1.10 -pgt 1.9: true',
+            'test a -nlt b: true',
+            'test  -nlt b: false',
         ],
     ),
     'test_logic': (
@@ -658,6 +662,59 @@ echo four
 }
 
 BOOT_CASES = {
+    'menu_source_option': (
+        r"""
+set timeout=0
+menuentry "From source" --source 'echo "body from --source: $1"; halt'
+""",
+        None,
+        [
+            'body from --source: From source',
+        ],
+    ),
+    'menu_unknown_options_are_arguments': (
+        """
+set timeout=0
+menuentry "C" --unknown-option -x { echo "[$1] [$2] [$3] $#"; halt; }
+""",
+        None,
+        [
+            '[C] [--unknown-option] [-x] 3',
+        ],
+    ),
+    'nested_submenus': (
+        """
+set timeout=0
+set default="outer>middle>2"
+submenu "outer" {
+  submenu "middle" {
+    menuentry "m0" { echo m0; halt; }
+    menuentry "m1" { echo m1; halt; }
+    menuentry "m2" { echo "m2 chosen=[$chosen]"; halt; }
+  }
+}
+""",
+        None,
+        [
+            'm2 chosen=[outer>middle>m2]',
+        ],
+    ),
+    'submenu_sets_its_default': (
+        """
+set timeout=0
+set default=1
+menuentry "zero" { echo zero; halt; }
+submenu "one" {
+  set default=second
+  menuentry "first" { echo first; halt; }
+  menuentry "second" { echo "second default=[$default]"; halt; }
+}
+""",
+        None,
+        [
+            'second default=[]',
+        ],
+    ),
     'menu_params': (
         """
 set timeout=0

@@ -448,3 +448,37 @@ def test_entry_body_runs_with_the_final_variables_and_its_own_parameters():
     entry = parse_grub_cfg(text).entries[0]
     assert entry.cmdline_words == ["v=late", "one=T", "two=extra", "n=2", "chosen=t"]
     assert entry.args == ["extra"] and entry.users == "" and not entry.unrestricted
+
+
+@pytest.mark.parametrize("command,var", [
+    ("search --no-floppy --fs-uuid --set=root --hint-bios=hd0,gpt1 --hint-efi=hd0,gpt1 1234", "root"),
+    ("search -s dev -f /boot/vmlinuz", "dev"),
+    ("search --set --label BOOT", "root"),                    # --set without a name sets root
+    ("search --no-floppy --set oem --part-label OEM --hint $root", "oem"),          # Flatcar's GRUB
+    ("search --no-floppy --root-dev-only --set private --part-label BOTTLEROCKET-PRIVATE", "private"),
+    ("search.fs_uuid 1234 found hd0,gpt1", "found"),
+    ("search.fs_label BOOT found", "found"),
+    ("search.file /grub/grub.cfg found", "found"),
+])
+def test_search_variants(command, var):
+    cfg = parse_grub_cfg(command + "\n")
+    assert cfg.variables[var] == f"${var}" and cfg.unknown[var] == f"grub.cfg:1: set by {command.split()[0]} at run time"
+    seeded = parse_grub_cfg(command + '\necho "$? $' + var + '"\n', env={var: "hd0,gpt9"})
+    assert seeded.output == ["0 hd0,gpt9"] and seeded.warnings == []
+
+
+def test_search_without_a_variable_or_with_a_bad_option():
+    cfg = parse_grub_cfg('search --file /x\necho "[$root]"\nsearch --bogus x\necho "$?"\n', env={"root": "hd0,gpt1"})
+    assert cfg.output == ["[hd0,gpt1]", "18"]
+    assert cfg.warnings == ["grub.cfg:3: search: unknown argument `--bogus' (GRUB stops with an error)"]
+
+
+def test_menuentry_options():
+    text = ('menuentry "A" --class os --class linux --users alice,bob --hotkey=a --id=a-id extra {\n  linux /a\n}\n'
+            'menuentry "B" --unrestricted -- --not-an-option {\n  linux /b\n}\n'
+            'submenu "S" --id s { menuentry "C" --unknown-option { linux /c; } }\n')
+    a, b, c = parse_grub_cfg(text).entries
+    assert (a.classes, a.users, a.hotkey, a.id, a.args, a.unrestricted) == (["os", "linux"], "alice,bob", "a", "a-id", ["extra"], False)
+    assert (b.unrestricted, b.args, b.users) == (True, ["--not-an-option"], None)
+    # ACCEPT_DASH (commands/menuentry.c): an unknown option is an argument like any other
+    assert (c.title, c.args, c.index, c.submenu) == ("C", ["--unknown-option"], "2>0", "S")

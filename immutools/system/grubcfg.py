@@ -22,7 +22,7 @@ iteration. Nothing is dropped silently: whatever is not evaluated (a command not
 could change variables or the menu, an undecidable condition, a file not read, a syntax error, a
 default entry without a ``linux`` command) is a warning ``<file>:<line>: ...`` in
 ``GrubConfig.warnings``. Byte, step and nesting limits raise LimitExceededError naming file and
-line (``set a=$a$a$a$a$a$a$a$a`` repeated stops within a few lines).
+line (with ``a`` set, ``set a=$a$a$a$a$a$a$a$a`` repeated stops on its sixth line).
 
 Menu entries run, like at boot, after the whole file: with the final variables, their positional
 parameters (``$1`` the title, ``$2``... extra arguments: menuentry.c ``setparams_prefix``),
@@ -905,16 +905,16 @@ class GrubConfig:
         if chosen is None:
             return None
         rest = _default_rest(ref)
-        if chosen in self.submenus:
+        if any(chosen is h for h in self.submenus):
             if rest is None:
                 return chosen
             return self.find_entry(rest, _prefix=chosen.index)
         return chosen
 
     def default_entry(self) -> GrubEntry | None:
-        """The entry GRUB boots without a key press: ``default`` (unset or matching nothing:
-        the first entry, with a warning), descending into submenus as GRUB does. None when the
-        menu is empty or ``default`` is unknown at run time."""
+        """The entry GRUB boots without a key press: ``default`` (unset: the first entry;
+        matching nothing: the first entry, with a warning), descending into submenus as GRUB
+        does. None when the menu is empty or ``default`` is unknown at run time."""
         return self._default
 
     def fallback_entries(self) -> list[GrubEntry | None]:
@@ -1410,10 +1410,6 @@ class _Interp:
                 self.warn(line, f"{show(value)!r} is a file name pattern GRUB expands when its regexp "
                                 "module is loaded (commands/wildcard.c): kept as written")
         return out
-
-    def check_size(self, value, line: int) -> None:
-        if _vlen(value) > _MAX_VALUE:
-            self.limit(line, f"a value longer than {_MAX_VALUE} characters")
 
     # ---- execution (execute.c) ----------------------------------------------------------------
     def run_list(self, nodes: list, st: _State):
@@ -2626,7 +2622,7 @@ class _MenuBuilder:
             if chosen is None:
                 self.interp.warn(None, f"{where} {value!r} matches no menu entry: GRUB boots the first one", file)
                 chosen = level[0]
-        if chosen in self.holders:
+        if any(chosen is h for h in self.holders):
             return self.default(self.defaults.get(chosen.index), chosen.index, file)
         return chosen
 
