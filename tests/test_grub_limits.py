@@ -127,3 +127,12 @@ def test_random_text_never_escapes_as_a_traceback():
             parse_grub_cfg(junk, loader=lambda p: junk, file_exists=lambda op, p: None)
         except ImmutoolsError:
             pass
+
+
+def test_nesting_through_calls_and_sources_is_a_limit_with_a_line():
+    nested = "function f { " + "if true; then " * 31 + "f; " + "fi; " * 31 + "}\nf\n"
+    with pytest.raises(LimitExceededError, match=r"^grub\.cfg:1: blocks, calls and sourced files nested too deep"):
+        parse_grub_cfg(nested)
+    sourced = "if true; then " * 30 + "source /s; " + "fi; " * 30 + "\n"
+    with pytest.raises(LimitExceededError, match=r"^/s:1: blocks, calls and sourced files nested too deep"):
+        parse_grub_cfg(sourced, loader=lambda p: sourced)

@@ -2039,6 +2039,9 @@ class _Interp:
                     break
                 self.execute(node, st)
                 st.function_return = False
+        except RecursionError:             # blocks inside calls inside sources, all near their bounds
+            raise LimitExceededError(f"{file}:{self.line}: blocks, calls and sourced files nested too deep "
+                                     "to evaluate") from None
         finally:
             self.file = saved
 
@@ -2660,8 +2663,8 @@ def parse_grub_cfg(
         builder = _MenuBuilder(interp)
         builder.build(final.menu, final, None, None, False)
         default = builder.default(final.vars.get("default"), None, name)
-    except RecursionError as exc:                  # the bounds keep us far from it
-        raise LimitExceededError(f"{name}: nesting too deep to evaluate") from exc
+    except RecursionError:                 # in the menu's bodies (run_file converts the rest)
+        raise LimitExceededError(f"{name}: blocks, calls and sourced files nested too deep to evaluate") from None
     if default is not None and default.kernel is None:
         interp.warn(default.line, f"the default entry {default.title!r} runs no linux command", default.file)
     fallback = final.vars.get("fallback")
