@@ -12,6 +12,7 @@ import sys
 
 from immutools import __version__
 from immutools.errors import EXIT_LIMIT, EXIT_OK, EXIT_USAGE, ImmutoolsError
+from immutools.corpus import commands as corpus_commands
 
 EXIT_INTERNAL = 10
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", "-o", metavar="FILE.html", required=True, help="where to write the page")
     rep.add_argument("--rubric", metavar="YAML", help="score with this rubric instead of data/rubric.yaml")
     _add_common(rep)
+    corpus_commands.add_subcommands(sub, _add_common)     # scan-many, diff (immutools/corpus/commands.py)
     return parser
 
 
@@ -294,7 +296,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat, "verify": cmd_verify, "compare": cmd_compare,
-            "report": cmd_report}
+            "report": cmd_report, **corpus_commands.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
