@@ -180,6 +180,20 @@ def scan_image(image: DiskImage) -> dict:
     return report
 
 
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS. ``ru_maxrss`` also counts the parent's footprint at fork/exec
+    (Linux folds it into the process's high-water mark), so a scan started from a large process would
+    report that; ``VmHWM`` belongs to this address space alone."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def scan(path: str, limits: Limits = DEFAULT_LIMITS, progress: bool | None = None, with_stats: bool = False) -> dict:
     """Scan the image at ``path`` and return the report dict."""
     require_image(path)
@@ -190,7 +204,7 @@ def scan(path: str, limits: Limits = DEFAULT_LIMITS, progress: bool | None = Non
         report = scan_image(image)
         decompressed = image.opened.decompressed_bytes
     if with_stats:
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_kib = _peak_rss_kib()
         report["stats"] = {
             "wall_s": round(time.perf_counter() - wall0, 4),
             "cpu_s": round(time.process_time() - cpu0, 4),

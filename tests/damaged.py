@@ -26,14 +26,11 @@ import hashlib
 import json
 import os
 import random
-import resource
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +40,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builders import cached, run  # noqa: E402
+from measured import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTED_EXITS = {"scan": {0, 3, 4, 5}, "verify": {0, 3, 4, 5, 6, 7}, "ls": {0, 3, 4, 5}}
@@ -77,32 +75,11 @@ class Outcome:
 
 def run_cli(args: list[str], timeout: float = TIMEOUT, env: dict | None = None,
             address_space: int = ADDRESS_SPACE) -> Outcome:
-    """``python -m immutools ARGS`` in a child; its own peak RSS comes from ``wait4``."""
-    def limit_child() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-        os.setsid()
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "immutools", *args], stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, preexec_fn=limit_child, cwd=REPO,
-                                env=dict(os.environ, **(env or {})))
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                _pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Outcome(None if timed_out else proc.returncode, out.read().decode(errors="replace"),
-                       err.read().decode(errors="replace"), usage.ru_maxrss / 1024, time.monotonic() - t0, timed_out)
+    """``python -m immutools ARGS`` in a child; its own peak RSS (see ``tests/measured.py``)."""
+    m = run_measured([sys.executable, "-m", "immutools", *args], timeout=timeout, address_space=address_space,
+                     cwd=REPO, env=dict(os.environ, **(env or {})))
+    return Outcome(m.code, m.stdout.decode(errors="replace"), m.stderr.decode(errors="replace"),
+                   m.max_rss_kib / 1024, m.wall_s, m.timed_out)
 
 
 def file_state(path: Path) -> tuple:

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import REPO, cached, have, run
+from tests.measured import run_measured
 
 ROOT_PARTITION = 1
 PSEUDO = ("proc", "sys", "dev")
@@ -205,12 +206,10 @@ def module_count(tree: Path) -> int:
 
 def scan_json(image: Path) -> tuple[dict, int]:
     """The scan report and the peak RSS (KiB) of the process that made it."""
-    proc = subprocess.run([sys.executable, "-c",
-                           "import json, resource, sys; from immutools.scan import scan; "
-                           "r = scan(sys.argv[1]); print(json.dumps(r)); "
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)", str(image)],
-                          capture_output=True, text=True, check=True, cwd=REPO)
-    return json.loads(proc.stdout), int(proc.stderr.strip().splitlines()[-1])
+    proc = run_measured([sys.executable, "-c", "import json, sys; from immutools.scan import scan; "
+                         "print(json.dumps(scan(sys.argv[1])))", str(image)], timeout=600, cwd=REPO)
+    assert proc.code == 0, proc.stderr.decode(errors="replace")
+    return json.loads(proc.stdout), proc.max_rss_kib
 
 
 @pytest.mark.slow
