@@ -121,6 +121,8 @@ def read_grub(image: DiskImage, knowledge: dict, bank: Bank) -> None:
         image.warn(f"{origin}: {exc}")
         return
     bank.grub = cfg
+    for warning in cfg.warnings:
+        image.warn(f"{origin}: {warning}")
     bank.grub_ev.append(evidence(origin, f"grub.cfg with GRUB's variables for this set (boot_uuid={env.get('boot_uuid')})"))
     bank.secure_boot = _secure_boot(knowledge, cfg.variables)
     try:

@@ -103,6 +103,8 @@ def grub_menu(image: DiskImage, knowledge: dict, layout: Layout) -> tuple[GrubMe
     if found.config is None:
         return None, f"{where} {'is empty' if found.text is not None else 'not found or unreadable'}"
     cfg = found.config
+    for warning in cfg.warnings:
+        image.warn(f"{where}: {warning}")
     fallback = [e for e in cfg.fallback_entries() if e is not None]
     detail = f"set default={cfg.default!r}" + (f", set fallback={cfg.variables.get('fallback')!r}" if cfg.variables.get("fallback") else "")
     menu = GrubMenu(cfg, path, [_grub_row(knowledge, layout, e) for e in cfg.entries], cfg.default_entry(),
