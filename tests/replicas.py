@@ -46,9 +46,40 @@ def replica_recipe(name: str | Path) -> dict:
         # The merged spec content (all extended files), not the paths: the same spec anywhere hits the cache.
         "spec_content": json.dumps(spec.data, sort_keys=True, default=str),
     }
+    copies = _copied_files(spec)
+    if copies:
+        recipe["copied_files"] = copies
     if spec.data.get("grafts"):
         recipe["package_trees"] = tree_recipes(spec)
     return recipe
+
+
+def _copied_files(spec) -> dict:
+    """Digests of the files ``copy:`` entries read (variant files, host EFI binaries): the spec names
+    them by path only, so a changed file would otherwise hit the old cache entry. Resolved as
+    ``immutools/replica/files.py: copy_entry`` resolves them."""
+    found: dict[str, str] = {}
+    bases = [spec.path.parent, *(f.parent for f in reversed(spec.files))]
+
+    def visit(node) -> None:
+        if isinstance(node, dict):
+            value = node.get("copy")
+            if isinstance(value, (str, Path)):
+                src = Path(str(value))
+                if not src.is_absolute():
+                    src = next((b / src for b in bases if (b / src).exists()), bases[0] / src)
+                try:
+                    found[str(value)] = hashlib.sha256(src.read_bytes()).hexdigest()
+                except OSError:
+                    found[str(value)] = "unreadable"
+            for child in node.values():
+                visit(child)
+        elif isinstance(node, list):
+            for child in node:
+                visit(child)
+
+    visit(spec.data)
+    return dict(sorted(found.items()))
 
 
 def _cached_dir(name: str, recipe: dict, build) -> Path:
