@@ -88,6 +88,8 @@ def test_kernel_command_line(scanned):
     assert "mount.usr=/dev/mapper/usr" in line and "root=LABEL=ROOT" in line
     assert f"verity.usrhash={manifest['expect']['integrity']['root_hash']}" in line
     assert ("flatcar.first_boot=detected" in line) == manifest["expect"]["flatcar"]["first_boot_flag"]
+    # every word is a kernel argument: no GRUB device name left behind by `search --set` (hd0,gpt6)
+    assert not [w for w in line.split() if w.startswith(("hd", "(hd"))], line
 
 
 @pytest.mark.parametrize("name,form,container,compression", [
