@@ -136,3 +136,20 @@ def test_nesting_through_calls_and_sources_is_a_limit_with_a_line():
     sourced = "if true; then " * 30 + "source /s; " + "fi; " * 30 + "\n"
     with pytest.raises(LimitExceededError, match=r"^/s:1: blocks, calls and sourced files nested too deep"):
         parse_grub_cfg(sourced, loader=lambda p: sourced)
+
+
+def test_a_file_that_reads_itself_twice_stops_at_the_file_limit():
+    """Found by the grub fuzz target (``configfile`` of itself in undecidable branches, 25 s): a
+    grub.cfg that reads itself twice doubles the work at every level (2**16 file runs under the
+    nesting bound alone). The number of files read through source/configfile is bounded, and a file
+    read again is not parsed again."""
+    text = "set x=1\nsource /grub.cfg\nsource /grub.cfg\nmenuentry x { linux /k }\n"
+    reads = []
+
+    def loader(path):
+        reads.append(path)
+        return text
+
+    with pytest.raises(LimitExceededError, match=r"^/grub\.cfg:[23]: more than 256 files read through source/configfile$"):
+        parse_grub_cfg(text, name="/grub.cfg", loader=loader)
+    assert len(reads) == 256

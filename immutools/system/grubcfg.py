@@ -143,6 +143,8 @@ from immutools.system.cmdline import KernelCmdline
 # ---------------------------------------------------------------------------------------------
 _MAX_CFG_BYTES = 4 * 1024 * 1024      # one configuration file
 _MAX_SOURCED_BYTES = 16 * 1024 * 1024  # all files read through the loader, together
+_MAX_FILE_READS = 256                  # files read through source/configfile, together (a file that
+                                       # reads itself twice doubles the work at every level)
 _MAX_VALUE = 256 * 1024               # one expanded argument or variable value (characters)
 _MAX_TOTAL = 32 * 1024 * 1024         # characters produced by all expansions together
 _MAX_STEPS = 200_000                  # commands executed
@@ -1174,6 +1176,8 @@ class _Interp:
         self.total = 0
         self.forks = 0
         self.source_bytes = 0
+        self.file_reads = 0
+        self.parsed: dict[tuple[str, str], list] = {}   # a file read again is not parsed again
         self.depth = 0
         self.line = 0                          # the command being executed
         self.cause = ""                        # the last command whose result is unknown
@@ -2009,6 +2013,9 @@ class _Interp:
 
     # -- files --
     def read_file(self, path, line: int, what: str) -> str | None:
+        self.file_reads += 1
+        if self.file_reads > _MAX_FILE_READS:
+            self.limit(line, f"more than {_MAX_FILE_READS} files read through source/configfile")
         if self.loader is None:
             self.warn(line, f"{what} {show(path)}: no file loader available: not followed")
             return None
@@ -2029,8 +2036,10 @@ class _Interp:
         return text
 
     def run_file(self, text: str, file: str, st: _State):
-        body, numbers = _read_lines(text)
-        program = _parse(body, file, numbers)
+        program = self.parsed.get((file, text))
+        if program is None:
+            body, numbers = _read_lines(text)
+            program = self.parsed[(file, text)] = _parse(body, file, numbers)
         saved = self.file
         self.file = file
         try:
