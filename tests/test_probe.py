@@ -204,6 +204,18 @@ def test_truncated_and_tiny_inputs_do_not_crash(tmp_path):
         assert ident.fstype in ("zero", "unknown", "unreadable")
 
 
+@pytest.mark.parametrize("magic", [b"LUKS\xba\xbe", b"XFSB", b"hsqs", b"\xeb\x58\x90"])
+def test_a_magic_cut_short_is_not_a_filesystem(magic, tmp_path):
+    """Found by fuzzing (fs-ext4, fs-btrfs targets): a partition of 6 or 7 bytes holding the LUKS
+    magic made the LUKS probe read past its end (struct.error). Every magic followed by too few
+    bytes for its header is rejected and said so."""
+    for extra in range(0, 3):
+        path = tmp_path / f"cut-{extra}"
+        path.write_bytes(magic + b"\x00" * extra)
+        ident = identify(FileSource(path))
+        assert ident.fstype == "unknown", ident
+
+
 # ---- a magic number alone is not a filesystem ----------------------------------------------------
 # The reference for "is this superblock mountable" is each filesystem's own checker on the same
 # bytes; identify() must agree with it on the real image, on a copy with one geometry field broken,

@@ -359,6 +359,9 @@ def identify(source: ByteSource) -> FsIdentity:
         except Implausible as exc:
             rejected.append(f"{_PROBE_NAMES.get(probe.__name__, probe.__name__)} magic, but {exc}")
             return None
+        except struct.error:             # the magic is there, the header after it is cut short
+            rejected.append(f"{_PROBE_NAMES.get(probe.__name__, probe.__name__)} magic, but the header is truncated")
+            return None
 
     for probe in (probe_verity, probe_luks, probe_squashfs, probe_xfs):
         ident = attempt(probe, b0)
