@@ -10,7 +10,7 @@ way. Sections and the rows they key on:
   slot, mount points, GPT A/B bits);
 * ``mounts``: by mount target (source, filesystem, kind, access, persistence, integrity, options,
   overlay layers, observed or inferred); ``paths``: by path (state, the mount that decides it);
-* ``update``: mechanism, agent, channel, server, rollback, reboot manager, active slot, and each slot
+* ``update``: mechanism, agent, channel, server, rollback, reboot manager, boot loader, active slot, and each slot
   (partitions, installed version, GPT bits);
 * ``integrity``: dm-verity on or off, where the root hash comes from, signing, Secure Boot, and each
   verity target (slot, data and hash partitions, superblock);
@@ -179,7 +179,13 @@ def diff_frames(frames, a_id: str, b_id: str) -> DiffResult:
     _compare_rows("paths", _rows(frames.paths, a_id, lambda r: str(r["path"]), PATH_FIELDS),
                   _rows(frames.paths, b_id, lambda r: str(r["path"]), PATH_FIELDS), changes)
 
-    _compare_fields("update", "update", image_fields(UPDATE_FIELDS, a_id), image_fields(UPDATE_FIELDS, b_id), changes)
+    def update_fields(image_id):
+        # The boot loader is not a frames column; Talos' GRUB -> GRUB + systemd-boot move shows here.
+        report = reports[image_id].report
+        loader = as_dict(report.get("update")).get("bootloader") or as_dict(report.get("distribution")).get("bootloader")
+        return dict(image_fields(UPDATE_FIELDS, image_id), bootloader=norm(loader))
+
+    _compare_fields("update", "update", update_fields(a_id), update_fields(b_id), changes)
     _compare_rows("update", _rows(frames.update_slots, a_id, lambda r: f"slot {r['slot']}", SLOT_FIELDS),
                   _rows(frames.update_slots, b_id, lambda r: f"slot {r['slot']}", SLOT_FIELDS), changes)
 
