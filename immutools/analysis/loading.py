@@ -188,8 +188,8 @@ def load_reports(sources=None, *, scan_images: bool = True, progress: bool | Non
 
     ``sources``: ``None`` (the bundled reports in ``data/reports``), or one item or a list of items,
     each a report ``dict``, a ``LoadedReport``, a path to a saved ``.json`` report, a path to an
-    image (scanned), or a folder (its ``*.json`` reports and images, not recursive; files that are
-    neither are skipped and listed in ``warnings``). A file named explicitly must load.
+    image (scanned), a ``scan-many`` dataset folder (its reports), or a folder (its ``*.json``
+    reports and images, not recursive; files that are neither are skipped and listed in ``warnings``). A file named explicitly must load.
     """
     result = LoadResult()
     if sources is None:
@@ -208,7 +208,14 @@ def load_reports(sources=None, *, scan_images: bool = True, progress: bool | Non
             result.reports.append(LoadedReport(base_image_id(item), item, "<dict>", "dict"))
         elif isinstance(item, (str, os.PathLike)):
             path = Path(item)
-            if path.is_dir():
+            if path.is_dir() and (path / "immutools-dataset.json").is_file():
+                # A scan-many dataset: its reports, not a scan of its files (corpus imported only here).
+                from immutools.corpus.dataset import load_reports as load_dataset
+
+                loaded = load_dataset(path)
+                result.reports.extend(loaded.reports)
+                result.warnings.extend(loaded.warnings)
+            elif path.is_dir():
                 _load_folder(path, result, scan_images, progress)
             else:
                 result.reports.append(_load_path(path, scan_images, progress))
