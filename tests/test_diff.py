@@ -71,6 +71,21 @@ def test_talos_grub_to_systemd_boot():
     assert diff[("update", "update", "bootloader")] == ("grub", "dual-boot")
     uki_slots = [v[1] for k, v in diff.items() if k[0] == "update" and k[1].startswith("slot Talos-") and k[2] == ""]
     assert uki_slots and uki_slots[0]["partitions"] == "1"
+    # Surface: the UKI's initrd carries system extensions, and module signing is now observed on the
+    # UKI's command line rather than inferred.
+    assert any(k[0] == "surface" and k[1].startswith("sysext ") and v[0] is None for k, v in diff.items())
+    assert "sig_enforce" in diff[("surface", "kernel_modules 3 modules", "detail")][1]
+    before, after = diff[("surface", "executables on PATH", "count")]
+    assert before != after
+
+
+def test_bottlerocket_1_0_to_1_26_partition_plan_changes():
+    diff = changes("variant-bottlerocket-aws-k8s-1.17-x86_64-1.0-pristine", "bottlerocket-aws-k8s-1.31-x86_64-pristine")
+    assert diff[("partitions", "partition 7", "label")] == ("BOTTLEROCKET-ROOT-B", "EFI-BACKUP")
+    added = diff[("partitions", "partition 12", "")]
+    assert added[0] is None and added[1]["label"] == "BOTTLEROCKET-PRIVATE"
+    assert diff[("mounts", "/local", "fstype")] == ("ext4", "xfs")
+    assert diff[("os", "os", "os_version")] == ("1.0.0", "1.26.1")
 
 
 def test_a_report_against_itself_has_nothing_to_report():

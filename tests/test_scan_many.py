@@ -110,11 +110,16 @@ def test_a_failure_is_a_row_and_does_not_stop_the_run(pool_dataset):
 
 
 def test_dask_local_cluster_builds_the_same_dataset(pool_dataset, tmp_path):
-    pytest.importorskip("distributed")
+    distributed = pytest.importorskip("distributed")
+    import logging
+
     root, _ = pool_dataset
-    # The same inputs as the pool run (the same manifest file), into another folder.
-    summary = scan_many([str(root.parent / "trio.csv"), str(root.parent / "missing.img")], tmp_path / "ds",
-                        engine="dask", workers=2, progress=False)
+    # A cluster reached by its scheduler address, as --engine dask --scheduler ADDRESS does; the
+    # same inputs as the pool run (the same manifest file), into another folder.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=logging.ERROR) as cluster:
+        summary = scan_many([str(root.parent / "trio.csv"), str(root.parent / "missing.img")], tmp_path / "ds",
+                            engine="dask", scheduler=cluster.scheduler_address, progress=False)
     assert (summary.scanned, summary.failed) == (3, 1)
     pool_tables, dask_tables = _tables(root), _tables(tmp_path / "ds")
     for name, frame in pool_tables.items():
@@ -135,6 +140,13 @@ def test_a_second_run_resumes_without_rescanning(pool_dataset, tmp_path):
     assert (summary.scanned, summary.reused, summary.failed) == (0, 3, 0)
     assert {p.name: p.stat().st_mtime_ns for p in (copy / "reports").iterdir()} == before
     assert len(read_table(copy, "images")) == 3
+    # Reports of another immutools version are not reused: those images are scanned again.
+    index = json.loads((copy / "index.json").read_text())
+    index["entries"][0]["tool_version"] = "0.0.0-older"
+    (copy / "index.json").write_text(json.dumps(index))
+    summary = scan_many([str(root.parent / "trio.csv")], copy, engine="pool", workers=1, progress=False,
+                        scanner=exploding_scanner)
+    assert (summary.reused, summary.failed) == (2, 1)
     # --rescan does scan again (here: into the scanner's failure, recorded as rows, not raised).
     summary = scan_many([str(root.parent / "trio.csv")], copy, engine="pool", workers=1, progress=False, rescan=True,
                         scanner=exploding_scanner)
