@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -27,3 +28,21 @@ def cache_dir() -> Path:
     if (checkout / "pyproject.toml").exists():
         return checkout / ".cache"
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "immutools"
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
+    reader (another process of a scan-many run, a second scan sharing the cache) never sees half a
+    file; the temporary file is removed if anything fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import immutools
 from immutools.errors import EXIT_USAGE, ImageIOError, ImmutoolsError
+from immutools.paths import write_atomic
 
 FORMAT = 1
 MARKER = "immutools-dataset.json"
@@ -76,20 +77,6 @@ def slug(text) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "unknown"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class Dataset:
     """A dataset directory (see the module docstring)."""
 
@@ -117,7 +104,7 @@ class Dataset:
             (root / "reports").mkdir(exist_ok=True)
             ds = cls(root, {"format": FORMAT, "entries": []})
             ds.save_index()
-            _write_atomic(root / MARKER, json.dumps(
+            write_atomic(root / MARKER, json.dumps(
                 {"format": FORMAT, "kind": "immutools scan-many dataset", "created_by": f"immutools {immutools.__version__}"},
                 indent=1) + "\n")
         except OSError as exc:
@@ -126,7 +113,7 @@ class Dataset:
 
     def save_index(self) -> None:
         try:
-            _write_atomic(self.root / INDEX, json.dumps(self.index, indent=1, ensure_ascii=False) + "\n")
+            write_atomic(self.root / INDEX, json.dumps(self.index, indent=1, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise ImageIOError(f"{self.root / INDEX}: cannot write: {exc.strerror}") from None
 
@@ -167,7 +154,7 @@ class Dataset:
         if status == "scanned":
             path = self.report_path(result["digest"])
             try:
-                _write_atomic(path, json.dumps(result["report"], indent=1, ensure_ascii=False) + "\n")
+                write_atomic(path, json.dumps(result["report"], indent=1, ensure_ascii=False) + "\n")
             except OSError as exc:
                 raise ImageIOError(f"{path}: cannot write: {exc.strerror}") from None
             entry.update(digest=result["digest"], status="scanned", tool_version=immutools.__version__, error=None,

@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 
 from immutools.errors import ImageIOError
+from immutools.paths import write_atomic
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 20 * 1024**3
@@ -350,17 +351,7 @@ class DecompressionCache:
         return fd, path
 
     def _write_atomic(self, path: str, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, data)
 
     def _remove_entry(self, key: str) -> None:
         for suffix in (".json", ".img"):  # metadata first: without it the entry does not exist
