@@ -9,16 +9,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from immutools import __version__
-from immutools.errors import EXIT_LIMIT, EXIT_OK, EXIT_USAGE, ImmutoolsError
+from immutools.errors import EXIT_LIMIT, EXIT_OK, EXIT_USAGE, ImageIOError, ImmutoolsError
 from immutools.corpus import commands as corpus_commands
 
 EXIT_INTERNAL = 10
 
 
+class UsageError(ImmutoolsError):
+    """A mistake in the command line that argparse cannot see (a partition that does not exist)."""
+
+    exit_code = EXIT_USAGE
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    p.add_argument("--debug", action="store_true", help="also show a traceback on errors (the exit code stays the documented one)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress and no chatter on stderr: only errors and the requested output")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print warnings on stderr and evidence details in tables")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="never show a decompression progress bar")
     p.add_argument("--progress", dest="progress", action="store_const", const=True,
@@ -56,13 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list a directory inside an image's filesystem")
     ls.add_argument("image")
     ls.add_argument("location", nargs="?", default="",
-                    help="PARTITION:PATH, e.g. 3:/etc or USR-A:/lib (partition number or label; 0 = whole disk)")
+                    help="PARTITION:PATH, e.g. 3:/etc or USR-A:/lib (partition number or label; 0 = the whole-disk "
+                         "filesystem of an image without a partition table)")
     ls.add_argument("-R", "--recursive", action="store_true", help="walk recursively")
+    ls.add_argument("--format", "-f", choices=("table", "json", "csv"), default=None,
+                    help="output format (default: table; json is a list of entries)")
     _add_common(ls)
 
     ver = sub.add_parser("verify", help="recompute the dm-verity hash trees and compare with the boot chain's root hashes")
     ver.add_argument("image")
-    ver.add_argument("--format", "-f", choices=("json", "table"), default=None)
+    ver.add_argument("--format", "-f", choices=("json", "table"), default=None,
+                     help="output format (default: table on a terminal, json otherwise)")
     _add_common(ver)
 
     cat = sub.add_parser("cat", help="write a file from inside an image to stdout")
@@ -80,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--output", "-o", metavar="FILE",
                      help="write the chart to FILE.png, FILE.svg or FILE.pdf (text kept as text; default chart: spectrum)")
     cmp.add_argument("--rubric", metavar="YAML", help="score with this rubric instead of data/rubric.yaml")
+    cmp.add_argument("--format", "-f", choices=("table", "json", "csv"), default=None,
+                     help="table (default), or the comparison as JSON records or CSV rows")
     _add_common(cmp)
 
     rep = sub.add_parser("report", help="write one self-contained HTML page comparing images or saved reports")
@@ -89,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rubric", metavar="YAML", help="score with this rubric instead of data/rubric.yaml")
     _add_common(rep)
     corpus_commands.add_subcommands(sub, _add_common)     # scan-many, diff (immutools/corpus/commands.py)
+
+    comp = sub.add_parser("completion", help="print a shell completion script (bash, zsh, tcsh), generated from this parser")
+    comp.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    _add_common(comp)
     return parser
 
 
@@ -103,7 +124,11 @@ def _select_volume(image, spec: str):
     else:
         vol = image.volume(label=spec)
     if vol is None:
-        raise UnsupportedImageError(f"{image.opened.path}: no partition {spec!r}")
+        names = _readable_names(image)
+        if spec == "0":
+            raise UsageError(f"{image.opened.path}: partition 0 is the whole-disk filesystem of an image without a "
+                             f"partition table; this one has a table: name a partition (readable ones: {names})")
+        raise UsageError(f"{image.opened.path}: no partition {spec!r} (readable ones: {names})")
     fs = image.filesystem(vol)
     if fs is None:
         raise UnsupportedImageError(f"{image.opened.path}: {vol.describe()} holds {vol.fstype}, not a readable filesystem")
@@ -119,12 +144,26 @@ def _split_location(image, location: str) -> tuple[str, str]:
         # Default: the only readable filesystem, or the whole disk.
         readable = [v for v in image.volumes if v.identity.mountable]
         if len(readable) != 1:
-            from immutools.errors import UnsupportedImageError
-
-            names = ", ".join(f"{v.number}" + (f"={v.label}" if v.label else "") for v in readable) or "none"
-            raise UnsupportedImageError(f"{image.opened.path}: say which partition (readable ones: {names})")
+            raise UsageError(f"{image.opened.path}: say which partition, e.g. 2:/etc (readable ones: {_readable_names(image)})")
         spec = str(readable[0].number)
     return spec, path or "/"
+
+
+def _readable_names(image) -> str:
+    readable = [v for v in image.volumes if v.identity.mountable]
+    return ", ".join(f"{v.number}" + (f"={v.label}" if v.label else "") for v in readable) or "none"
+
+
+def _warn(args, message: str) -> None:
+    """A warning on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        sys.stderr.write(f"immutools: warning: {message}\n")
+
+
+def _note(args, message: str) -> None:
+    """Chatter (``wrote FILE``) on stderr, unless --quiet."""
+    if not getattr(args, "quiet", False):
+        sys.stderr.write(f"immutools: {message}\n")
 
 
 def cmd_scan(args) -> int:
@@ -133,7 +172,10 @@ def cmd_scan(args) -> int:
 
     report = scan(args.image, progress=args.progress, with_stats=args.stats)
     fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "json")
-    text = render(report, fmt)
+    text = render(report, fmt, verbose=args.verbose)
+    if args.verbose and fmt != "table":
+        for w in report.get("warnings") or []:
+            _warn(args, w)
     if args.stats:
         st = report["stats"]
         size = st["image_size"] or 1
@@ -157,7 +199,7 @@ def _write_output(text: str, output: str | None) -> None:
         with open(output, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as exc:
-        raise ImmutoolsError(f"{output}: cannot write report: {exc.strerror}") from None
+        raise ImageIOError(f"{output}: cannot write report: {exc.strerror}") from None
 
 
 def cmd_ls(args) -> int:
@@ -168,25 +210,42 @@ def cmd_ls(args) -> int:
         spec, path = _split_location(image, args.location)
         _vol, fs = _select_volume(image, spec)
         if args.recursive:
-            for entry in fs.walk(path):
-                _print_entry(entry.path, entry.stat, entry.link_target)
+            entries = ((entry.path, entry.stat, entry.link_target) for entry in fs.walk(path))
         else:
-            for name, st in fs.scandir(path):
-                full = path.rstrip("/") + "/" + name
-                target = fs.readlink(full) if st.is_symlink else None
-                _print_entry(name, st, target)
+            entries = ((name, st, fs.readlink(path.rstrip("/") + "/" + name) if st.is_symlink else None)
+                       for name, st in fs.scandir(path))
+        _print_entries(entries, args.format or "table")
         for w in image.warnings + fs.warnings:
-            sys.stderr.write(f"immutools: warning: {w}\n")
+            _warn(args, w)
     return EXIT_OK
 
 
-def _print_entry(name: str, st, link_target: str | None) -> None:
+LS_FIELDS = ("mode", "uid", "gid", "size", "name", "link_target")
+
+
+def _print_entries(entries, fmt: str) -> None:
+    """``ls`` output: ``ls -l``-like lines, a JSON list, or CSV rows (header first)."""
     import stat as stat_mod
 
-    line = f"{stat_mod.filemode(st.mode)} {st.uid:>5} {st.gid:>5} {st.size:>10} {name}"
-    if link_target is not None:
-        line += f" -> {link_target}"
-    sys.stdout.write(line + "\n")
+    if fmt == "table":
+        for name, st, link_target in entries:
+            line = f"{stat_mod.filemode(st.mode)} {st.uid:>5} {st.gid:>5} {st.size:>10} {name}"
+            if link_target is not None:
+                line += f" -> {link_target}"
+            sys.stdout.write(line + "\n")
+        return
+    records = [dict(zip(LS_FIELDS, (stat_mod.filemode(st.mode), st.uid, st.gid, st.size, name, link_target)))
+               for name, st, link_target in entries]
+    if fmt == "json":
+        import json
+
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    else:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=LS_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
 
 
 def cmd_cat(args) -> int:
@@ -238,7 +297,7 @@ def cmd_verify(args) -> int:
         if result["status"] == "nothing-to-verify":
             sys.stdout.write(f"{args.image}: nothing to verify: {result['reason']}\n")
         for w in result["warnings"]:
-            sys.stderr.write(f"immutools: warning: {w}\n")
+            _warn(args, w)
     if result["status"] == "failed":
         return EXIT_VERIFY_FAILED
     if result["status"] == "nothing-to-verify":
@@ -254,35 +313,43 @@ def _load_for_analysis(args):
     from immutools.analysis.loading import AnalysisUsageError
     from immutools.analysis.rubric import load_rubric
 
+    if args.rubric and not os.path.isfile(args.rubric):
+        # A file that is not there is an I/O problem (exit 4), like a missing image.
+        raise ImageIOError(f"{args.rubric}: cannot read rubric: no such file")
     rubric = load_rubric(args.rubric) if args.rubric else None
     frames = load(args.inputs, rubric=rubric, progress=args.progress)
     for w in frames.warnings:
-        sys.stderr.write(f"immutools: warning: {w}\n")
+        _warn(args, w)
     if not frames.reports:
         raise AnalysisUsageError("no report or image found in " + ", ".join(args.inputs))
     return frames
 
 
 def cmd_compare(args) -> int:
-    import shutil
+    import textwrap
 
     from immutools.analysis.loading import AnalysisUsageError
     from immutools.analysis.sensitivity import sensitivity
-    from immutools.analysis.table import render_comparison
+    from immutools.analysis.table import render_comparison, render_comparison_data
+    from immutools.report.render import terminal_width
 
     if args.chart and not args.output:
         raise AnalysisUsageError("--chart needs --output FILE.png, FILE.svg or FILE.pdf")
     if args.output and not args.output.lower().endswith((".png", ".svg", ".pdf")):
         raise AnalysisUsageError(f"{args.output}: charts are written as .png, .svg or .pdf")
     frames = _load_for_analysis(args)
-    width = shutil.get_terminal_size((120, 40)).columns if sys.stdout.isatty() else 160
-    sys.stdout.write(render_comparison(frames, width=max(60, width)))
-    sys.stdout.write(sensitivity(frames, frames.rubric).summary + "\n")
+    if args.format in ("json", "csv"):
+        sys.stdout.write(render_comparison_data(frames, args.format))
+    else:
+        width = max(60, terminal_width())
+        sys.stdout.write(render_comparison(frames, width=width))
+        summary = sensitivity(frames, frames.rubric).summary
+        sys.stdout.write("\n".join(textwrap.fill(para, width) for para in summary.split("\n")) + "\n")
     if args.output:
         from immutools.analysis import charts
 
         path = charts.make(args.chart or "spectrum", frames, rubric=frames.rubric).save(args.output)
-        sys.stderr.write(f"immutools: wrote {path}\n")
+        _note(args, f"wrote {path}")
     return EXIT_OK
 
 
@@ -291,12 +358,91 @@ def cmd_report(args) -> int:
 
     frames = _load_for_analysis(args)
     path = write_report(frames, args.output, rubric=frames.rubric)
-    sys.stderr.write(f"immutools: wrote {path}\n")
+    _note(args, f"wrote {path}")
     return EXIT_OK
 
 
-COMMANDS = {"scan": cmd_scan, "ls": cmd_ls, "cat": cmd_cat, "verify": cmd_verify, "compare": cmd_compare,
+def cmd_completion(args) -> int:
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
+def _roff(text: str) -> str:
+    """Escape text for a man page line (backslashes, leading dots and quotes, hyphens as minus)."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return ("\\&" + text) if text[:1] in (".", "'") else text
+
+
+def man_page(parser: argparse.ArgumentParser | None = None) -> str:
+    """docs/immutools.1, written from the parser so the options and the page cannot drift."""
+    parser = parser or build_parser()
+    out = [f'.TH IMMUTOOLS 1 "" "immutools {__version__}" "User Commands"', ".SH NAME",
+           "immutools \\- " + _roff(parser.description or ""), ".SH SYNOPSIS",
+           ".B immutools", "[\\fB\\-\\-cache\\-dir\\fR \\fIDIR\\fR] [\\fB\\-\\-no\\-cache\\fR] \\fICOMMAND\\fR ...",
+           ".SH COMMANDS"]
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in subs._choices_actions}
+    for name, sp in subs.choices.items():
+        out += [".SS " + _roff(f"immutools {name}"), _roff(helps.get(name) or ""), ".PP",
+                _roff(" ".join(sp.format_usage().split()[1:]))]
+        for action in sp._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if action.option_strings:
+                flag = ", ".join(action.option_strings)
+                if action.nargs != 0:
+                    flag += " " + (action.metavar or (("{" + ",".join(action.choices) + "}") if action.choices
+                                                      else action.dest.upper()))
+            else:
+                flag = action.metavar or action.dest.upper()
+            out += [".TP", "\\fB" + _roff(flag) + "\\fR", _roff(action.help or "")]
+    out += [".SH CONFIGURATION", _roff("Optional TOML file $IMMUTOOLS_CONFIG, else $XDG_CONFIG_HOME/immutools/config.toml, "
+                                       "with the keys cache_dir, rubric and format. Precedence: flags > environment "
+                                       "(IMMUTOOLS_CACHE_DIR, IMMUTOOLS_RUBRIC, IMMUTOOLS_FORMAT) > file > defaults."),
+            ".SH EXIT STATUS"]
+    for code, meaning in EXIT_CODES:
+        out += [".TP", f"\\fB{code}\\fR", _roff(meaning)]
+    out += [".SH SEE ALSO", _roff("The README of the immutools repository: formats, the report schema, the threat model.")]
+    return "\n".join(out) + "\n"
+
+
+# The man page's exit-status section (the README table is the reference; tests keep both in step).
+EXIT_CODES = (
+    (0, "success; a partly readable image still exits 0 and lists what it could not read under warnings"),
+    (2, "usage error"),
+    (3, "the input is not a readable or supported disk image"),
+    (4, "I/O error: missing image or rubric file, read error, cannot write the output"),
+    (5, "a safety limit was hit (decompressed size, entries, recursion)"),
+    (6, "verification failed (immutools verify)"),
+    (7, "nothing to verify (immutools verify)"),
+    (8, "the configuration file cannot be used"),
+    (10, "internal error (a bug)"),
+)
+
+
+COMMANDS = {"scan": cmd_scan, "completion": cmd_completion, "ls": cmd_ls, "cat": cmd_cat, "verify": cmd_verify, "compare": cmd_compare,
             "report": cmd_report, **corpus_commands.COMMANDS}
+
+
+# The formats each command offers: a configured ``format`` applies only where the command has it.
+FORMATS = {"scan": ("json", "yaml", "table"), "ls": ("table", "json", "csv"), "verify": ("json", "table"),
+           "compare": ("table", "json", "csv")}
+
+
+def _apply_config(args) -> None:
+    """Fill what the command line left unset from the environment and the config file
+    (immutools.config: flags > environment > file > defaults)."""
+    from immutools import config
+
+    conf = config.load()
+    if getattr(args, "cache_dir", None) is None and conf.cache_dir:
+        args.cache_dir = conf.cache_dir
+    if hasattr(args, "rubric") and args.rubric is None and conf.rubric:
+        args.rubric = conf.rubric
+    if getattr(args, "format", "unset") is None and conf.format in FORMATS.get(args.command, ()):
+        args.format = conf.format
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,12 +453,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     from immutools.image.cache import configure
 
+    try:
+        _apply_config(args)
+    except ImmutoolsError as exc:
+        sys.stderr.write(f"immutools: error: {exc}\n")
+        return exc.exit_code
+    if getattr(args, "quiet", False):
+        args.progress = False
     configure(directory=args.cache_dir, enabled=not args.no_cache)
     try:
         return COMMANDS[args.command](args)
     except ImmutoolsError as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
         sys.stderr.write(f"immutools: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
@@ -330,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LIMIT
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no traceback
         if args.debug:
-            raise
+            traceback.print_exc()
         sys.stderr.write(
             f"immutools: internal error while reading {getattr(args, 'image', '?')}: "
             f"{type(exc).__name__}: {exc} (rerun with --debug for a traceback)\n"
@@ -339,4 +492,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--man"]:    # regenerate docs/immutools.1: python -m immutools.cli --man > docs/immutools.1
+        sys.stdout.write(man_page())
+        sys.exit(EXIT_OK)
     sys.exit(main())

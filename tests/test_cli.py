@@ -163,7 +163,7 @@ def test_scan_is_import_light():
         "import sys; from immutools.cli import main; "
         f"main(['scan', {str(multi_disk())!r}, '--format', 'json']); "
         # numpy serves the vectorised metadata walks (fs/table.py); the analysis stack stays out
-        "heavy = [m for m in ('pandas', 'matplotlib', 'nbclient', 'pyarrow', 'duckdb', 'dask') if m in sys.modules]; "
+        "heavy = [m for m in ('pandas', 'matplotlib', 'nbclient', 'pyarrow', 'duckdb', 'dask', 'rich', 'shtab') if m in sys.modules]; "
         "sys.stderr.write('HEAVY=' + ','.join(heavy))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 
 from immutools.analysis.frames import Frames
 from immutools.analysis.loading import is_known as _known, is_yes as _yes
@@ -61,7 +62,7 @@ def comparison_rows(frames: Frames) -> tuple[list[str], list[tuple[str, list[str
         add(label, [sub["score"].get(i, math.nan) for i in ids])
     ranking = frames.ranking.set_index("image")
     add("RANK (1 = most immutable)", [str(int(ranking.loc[i, "rank"])) if _yes(ranking.loc[i, "ranked"])
-                                      else "not ranked (see below)" for i in ids])
+                                      else "not ranked (below)" for i in ids])
 
     rows.append(("# update", []))
     add("mechanism", [by_id[i].update_mechanism for i in ids])
@@ -118,6 +119,7 @@ def render_comparison(frames: Frames, width: int = 120) -> str:
     for n, _i in enumerate(ids):
         vals = [len(v[n]) for f, v in rows if not f.startswith("#")] + [len(ids[n])]
         col_w.append(max(12, min(30, max(vals))))
+    fact_w, col_w = _fit_one_block(fact_w, col_w, width)
     blocks, block, used = [], [], fact_w
     for n in range(len(ids)):
         need = col_w[n] + 2
@@ -143,13 +145,59 @@ def render_comparison(frames: Frames, width: int = 120) -> str:
             cells = [_clip(values[n], col_w[n]).ljust(col_w[n]) for n in block]
             out.append(_clip(fact, fact_w).ljust(fact_w) + "  " + "  ".join(cells).rstrip())
         out.append("")
-    out.append("completeness: observed+inferred/expected facts the distribution's documentation guarantees "
-               "(inferred = documented default, not seen in the image).")
+    notes = ["completeness: observed+inferred/expected facts the distribution's documentation guarantees "
+             "(inferred = documented default, not seen in the image)."]
     ranking = frames.ranking
     for r in ranking[~ranking["ranked"].fillna(False).astype(bool)].itertuples(index=False):
-        out.append(f"NOT RANKED: {r.image}: {r.note}")
+        notes.append(f"NOT RANKED: {r.image}: {r.note}")
+    for note in notes:   # free text folds at the width like the table's blocks
+        out.extend(textwrap.wrap(note, width, subsequent_indent="  ", break_on_hyphens=False))
     out.append("")
     return "\n".join(out)
+
+
+def comparison_records(frames: Frames) -> list[dict]:
+    """The comparison as tidy records (image, section, fact, value): what ``compare --format
+    json|csv`` prints, the same cells as the table without its layout."""
+    ids, rows = comparison_rows(frames)
+    records, section = [], ""
+    for fact, values in rows:
+        if fact.startswith("#"):
+            section = fact.lstrip("# ")
+            continue
+        for image, value in zip(ids, values):
+            records.append({"image": image, "section": section, "fact": fact, "value": value})
+    return records
+
+
+def render_comparison_data(frames: Frames, fmt: str) -> str:
+    """``json`` (a list of records) or ``csv`` (a header row, then one row per record)."""
+    records = comparison_records(frames)
+    if fmt == "json":
+        import json
+
+        return json.dumps(records, indent=2) + "\n"
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["image", "section", "fact", "value"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def _fit_one_block(fact_w: int, col_w: list[int], width: int) -> tuple[int, list[int]]:
+    """Prefer one block over several: narrow the fact column (to 24) and the image columns (to 20,
+    which keeps "not ranked (below)" and a two-slot cell whole) when that puts every image side by
+    side within the width; otherwise keep the widths and let the images split into blocks."""
+    if fact_w + sum(w + 2 for w in col_w) <= width or not col_w:
+        return fact_w, col_w
+    fit = (width - min(fact_w, 24)) // len(col_w) - 2
+    if fit < 20:
+        return fact_w, col_w
+    col_w = [min(w, fit) for w in col_w]
+    return min(fact_w, width - sum(w + 2 for w in col_w)), col_w
 
 
 def _wrap_name(name: str, width: int) -> list[str]:

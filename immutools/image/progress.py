@@ -79,7 +79,7 @@ class Progress:
         parts = [self.label]
         if self.total:
             fraction = min(1.0, consumed / self.total)
-            parts.append(f"{fraction * 100:5.1f}% of {_fmt_bytes(self.total)}")
+            parts.append(f"read {fraction * 100:5.1f}% of {_fmt_bytes(self.total)} compressed, wrote {_fmt_bytes(produced)}")
         else:
             fraction = 0.0
         rate = produced / elapsed if elapsed > 0 else 0.0
