@@ -59,18 +59,22 @@ def _check_format(value: str, where: str) -> str:
 
 def load_file(environ=os.environ) -> Config:
     """Values from the file alone."""
-    import tomllib
-
     path, explicit = config_path(environ)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: configuration file not found (named by IMMUTOOLS_CONFIG)") from None
         return Config()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    import tomllib   # only when there is a file: scan stays import-light without one
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {str(exc).splitlines()[0]}") from None
     for key, value in data.items():
         if key not in KEYS:
