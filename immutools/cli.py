@@ -12,10 +12,9 @@ import sys
 import traceback
 
 from immutools import __version__
-from immutools.errors import EXIT_LIMIT, EXIT_OK, EXIT_USAGE, ImageIOError, ImmutoolsError
+from immutools.errors import EXIT_INTERNAL, EXIT_LIMIT, EXIT_OK, EXIT_USAGE, ImageIOError, ImmutoolsError
 from immutools.corpus import commands as corpus_commands
 
-EXIT_INTERNAL = 10
 
 
 class UsageError(ImmutoolsError):

@@ -20,9 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from immutools.errors import ImmutoolsError
+from immutools.errors import EXIT_CONFIG, ImmutoolsError
 
-EXIT_CONFIG = 8
 
 FORMATS = ("table", "json", "yaml", "csv")
 KEYS = {"cache_dir": str, "rubric": str, "format": str}

@@ -10,6 +10,9 @@ Exit codes are a public interface (documented in the README):
   6  verification failed (``immutools verify``: a hash mismatch, an unreadable target, a superblock
      contradicting the boot chain's table)
   7  nothing to verify (``immutools verify``: no dm-verity target, or none the boot chain pairs with a root hash)
+  8  the configuration file cannot be read or is invalid (``immutools/config.py``)
+  10 an internal error (a bug: please report it; ``--debug`` shows the traceback)
+Also ``immutools diff``: 1 when the two scans differ, as diff(1) does.
 """
 
 EXIT_OK = 0
@@ -19,6 +22,8 @@ EXIT_IO = 4
 EXIT_LIMIT = 5
 EXIT_VERIFY_FAILED = 6
 EXIT_NOTHING_TO_VERIFY = 7
+EXIT_CONFIG = 8
+EXIT_INTERNAL = 10
 
 
 class ImmutoolsError(Exception):

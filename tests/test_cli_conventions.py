@@ -438,3 +438,20 @@ def test_rubric_from_config_is_used(tmp_path):
     flag = immutools("compare", FLATCAR_REPORT, "--rubric", ROOT / "data" / "rubric.yaml", "--format", "json",
                      env={"IMMUTOOLS_CONFIG": str(conf)})
     assert flag.returncode == 0, flag.stderr.decode()
+
+
+def test_compare_over_a_folder_shows_overall_progress(tmp_path):
+    """compare/report over a folder of images say which image of how many is being scanned (the
+    per-image bar is decompression's); a saved report in the folder is not counted; -q says nothing."""
+    bundled = Path(__file__).resolve().parent.parent / "data" / "replicas"
+    for name in ("debian-12-amd64-genericcloud.qcow2", "fcos-stable-43-amd64-updated.qcow2"):
+        (tmp_path / name).symlink_to(bundled / name)
+    (tmp_path / "flatcar.json").symlink_to(FLATCAR_REPORT)
+    loud = immutools("compare", tmp_path, "--format", "json", "--progress", "--no-cache")
+    lines = [ln for ln in loud.stderr.decode().splitlines() if ln.startswith("immutools: image ")]
+    assert loud.returncode == 0, loud.stderr
+    assert lines == ["immutools: image 1/2: debian-12-amd64-genericcloud.qcow2",
+                     "immutools: image 2/2: fcos-stable-43-amd64-updated.qcow2"], loud.stderr
+    assert len(json.loads(loud.stdout)) > 0
+    quiet = immutools("compare", tmp_path, "--format", "json", "--progress", "--no-cache", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == b"" and quiet.stdout == loud.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +138,42 @@ def read_report(path: str | os.PathLike) -> dict:
     return obj
 
 
+class _ImageProgress:
+    """"image 3/23: name" on stderr before each image is scanned, when more than one will be: the
+    overall progress of ``compare``/``report`` over a folder (the per-image bar is decompression's).
+    ``progress``: True always, None when stderr is a terminal, False never."""
+
+    def __init__(self, total: int, progress: bool | None):
+        self.total, self.done = total, 0
+        on = progress if progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
+        self.on = bool(on) and total > 1
+
+    def scan(self, path: Path, progress: bool | None) -> dict:
+        self.done += 1
+        if self.on:
+            print(f"immutools: image {self.done}/{self.total}: {path.name}", file=sys.stderr, flush=True)
+        return scan_report(path, progress)
+
+
+def _images_to_scan(sources) -> int:
+    """How many images ``load_reports`` will scan (files that are not reports; folders not recursive)."""
+    count = 0
+    for item in sources:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        path = Path(item)
+        if path.is_dir() and not (path / "immutools-dataset.json").is_file():
+            try:
+                names = os.listdir(path)
+            except OSError:
+                continue
+            count += sum(1 for n in names if not n.startswith(".") and (path / n).is_file()
+                         and not _looks_like_json(path / n))
+        elif path.is_file() and not _looks_like_json(path):
+            count += 1
+    return count
+
+
 def scan_report(path: str | os.PathLike, progress: bool | None = False) -> dict:
     """Scan an image now (imports the parsing stack)."""
     from immutools.scan import scan
@@ -199,6 +236,8 @@ def load_reports(sources=None, *, scan_images: bool = True, progress: bool | Non
         sources = [folder]
     if isinstance(sources, (str, os.PathLike, dict, LoadedReport)):
         sources = [sources]
+    sources = list(sources)
+    counter = _ImageProgress(_images_to_scan(sources) if scan_images else 0, progress)
     for item in sources:
         if isinstance(item, LoadedReport):
             result.reports.append(LoadedReport(item.base_id, item.report, item.source, item.source_kind))
@@ -216,16 +255,16 @@ def load_reports(sources=None, *, scan_images: bool = True, progress: bool | Non
                 result.reports.extend(loaded.reports)
                 result.warnings.extend(loaded.warnings)
             elif path.is_dir():
-                _load_folder(path, result, scan_images, progress)
+                _load_folder(path, result, scan_images, progress, counter)
             else:
-                result.reports.append(_load_path(path, scan_images, progress))
+                result.reports.append(_load_path(path, scan_images, progress, counter))
         else:
             raise AnalysisUsageError(f"cannot load a report from a {type(item).__name__}")
     assign_ids(result.reports)
     return result
 
 
-def _load_path(path: Path, scan_images: bool, progress=False) -> LoadedReport:
+def _load_path(path: Path, scan_images: bool, progress=False, counter: _ImageProgress | None = None) -> LoadedReport:
     if _looks_like_json(path):
         report = read_report(path)
         return LoadedReport(base_image_id(report, str(path)), report, str(path), "report")
@@ -233,11 +272,12 @@ def _load_path(path: Path, scan_images: bool, progress=False) -> LoadedReport:
         raise ImageIOError(f"{path}: no such file")
     if not scan_images:
         raise AnalysisUsageError(f"{path}: not a .json report and scanning images is off")
-    report = scan_report(path, progress)
+    report = (counter or _ImageProgress(1, False)).scan(path, progress)
     return LoadedReport(base_image_id(report, str(path)), report, str(path), "image")
 
 
-def _load_folder(folder: Path, result: LoadResult, scan_images: bool, progress=False) -> None:
+def _load_folder(folder: Path, result: LoadResult, scan_images: bool, progress=False,
+                 counter: _ImageProgress | None = None) -> None:
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
@@ -255,7 +295,7 @@ def _load_folder(folder: Path, result: LoadResult, scan_images: bool, progress=F
             result.reports.append(LoadedReport(base_image_id(report, str(path)), report, str(path), "report"))
         elif scan_images:
             try:
-                report = scan_report(path, progress)
+                report = (counter or _ImageProgress(1, False)).scan(path, progress)
             except ImmutoolsError as exc:
                 # A folder may hold manifests, checksums, notes: skip what is not an image.
                 result.warnings.append(f"skipped {path}: {exc}")

@@ -32,9 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from immutools.errors import EXIT_LIMIT, ImmutoolsError
+from immutools.errors import EXIT_INTERNAL, EXIT_LIMIT, ImmutoolsError
 
-EXIT_INTERNAL = 10
 ENGINES = ("pool", "dask")
 
 
