@@ -386,7 +386,8 @@ def gpt_damage(spec: str) -> list[Case]:
         "entry-size-7": header_field(84, "<I", 7),
         "entries-lba-beyond-end": header_field(72, "<Q", last_lba + 100),
         "header-size-huge": header_field(12, "<I", 1 << 30),
-        "overlapping-partitions": overlap,
+        # (needs two partitions: a one-partition table, such as a Bottlerocket data disk, has nothing to overlap)
+        **({"overlapping-partitions": overlap} if len(used) > 1 else {}),
         "partition-beyond-end": beyond_end,
         "partition-first-after-last": reversed_range,
         "partition-over-the-table": over_table,
