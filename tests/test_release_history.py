@@ -19,7 +19,8 @@ from replicas import build_replica
 import immutools
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
+from test_notebooks import execute, outputs_text  # noqa: E402  (the same kernel set-up as notebooks 01-04)
 pytest.importorskip("duckdb")
 
 REPO = Path(immutools.__file__).resolve().parent.parent
@@ -65,24 +66,6 @@ def _fixture_manifest(tmp_path: Path) -> Path:
     return path
 
 
-def _execute(nb, timeout=900):
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
-    return nb
-
-
-def _outputs(nb) -> str:
-    parts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                parts.append(out.get("text", ""))
-            elif "data" in out:
-                parts.append(out["data"].get("text/plain", ""))
-    return "\n".join(parts)
-
-
 def test_notebook_is_committed_clean_with_parameters():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
@@ -101,7 +84,7 @@ def test_notebook_05_runs_and_shows_the_documented_changes(tmp_path):
     injected = nbformat.v4.new_code_cell(f"HISTORY = {str(manifest)!r}\nOUT = {str(tmp_path / 'ds')!r}\nWORKERS = 2")
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(index + 1, injected)
-    text = _outputs(_execute(nb))
+    text = outputs_text(execute(nb, timeout=900))
     n = len(history_rows())
     assert f"{n} images: {n} scanned" in text
     assert f"{n} images in the dataset" in text
