@@ -117,7 +117,13 @@ def test_cos_root_hash_verifies_with_veritysetup(tmp_path):
     target = next(t for t in report["integrity"]["targets"] if t["slot"] == "B")
     part = next(p for p in report["partitions"] if p["number"] == target["partition"])
     root = extract_sparse(path, part["start"], part["size"], tmp_path / "root-b.img")
-    run(["veritysetup", "verify", f"--hash-offset={target['hash_offset']}", root, root, report["integrity"]["root_hash"]])
+    # As the kernel maps it: the dm-mod.create table's parameters, no superblock read.
+    p = target["params"]
+    run(["veritysetup", "verify", "--no-superblock", f"--format={p['version']}", f"--hash={p['algorithm']}",
+         f"--data-block-size={p['data_block_size']}", f"--hash-block-size={p['hash_block_size']}",
+         f"--data-blocks={p['data_blocks']}", f"--salt={p['salt'] or '-'}", f"--hash-offset={p['hash_offset']}",
+         root, root, report["integrity"]["root_hash"]])
+    assert target["superblock"] is True        # veritysetup format's superblock sits before the tree
 
 
 @pytest.mark.skipif(not (have("debugfs") and have("unsquashfs")), reason="needs debugfs and unsquashfs")

@@ -259,17 +259,16 @@ class CosCollector(Collector):
         row = {"slot": slot, "partition": root_vol.number if root_vol else None, "data_offset": 0,
                "hash_partition": root_vol.number if root_vol else None, "root_hash": params.root_hash,
                "root_hash_source": f"grub.cfg '{self.knowledge['esp']['verified_entry'].format(slot=slot)}' dm-mod.create"}
+        # The kernel maps the device from the dm-mod.create table alone; a superblock veritysetup
+        # wrote before the tree is reported (and cross-checked by verify), never used instead.
         sb_at = hash_start - params.hash_block_size
         try:
             sb = read_superblock(root_vol.source, sb_at) if root_vol is not None and sb_at >= 0 else None
         except ImmutoolsError:
             sb = None
-        if sb is not None:
-            row.update(hash_offset=sb_at, superblock=True)
-        else:
-            row.update(hash_offset=hash_start, superblock=False,
-                       params={"version": params.version, "algorithm": params.algorithm,
-                               "data_block_size": params.data_block_size, "hash_block_size": params.hash_block_size,
-                               "data_blocks": params.data_blocks, "salt": params.salt, "hash_offset": hash_start,
-                               "superblock": False})
+        row.update(hash_offset=hash_start, superblock=sb is not None,
+                   params={"version": params.version, "algorithm": params.algorithm,
+                           "data_block_size": params.data_block_size, "hash_block_size": params.hash_block_size,
+                           "data_blocks": params.data_blocks, "salt": params.salt, "hash_offset": hash_start,
+                           "superblock": False})
         return row
